@@ -1,0 +1,254 @@
+"""MedMNIST download with MD5 verification, loading, and stratified k folds."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import urllib.parse
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from saliency_robustness.tables import atomic_path
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+SIZES = (28, 64, 128, 224)
+_CHUNK = 1 << 20
+
+
+class DataError(RuntimeError):
+    """A dataset file is missing, corrupt, or does not match its checksum."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the workflow needs to know about one MedMNIST flag."""
+
+    flag: str
+    task: str
+    n_channels: int
+    labels: dict[str, str]
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.labels)
+
+
+def dataset_info(flag: str) -> DatasetInfo:
+    """Metadata of a MedMNIST flag from ``medmnist.INFO``; unknown flags list the valid ones."""
+    from medmnist import INFO
+
+    if flag not in INFO:
+        valid = ", ".join(sorted(k for k in INFO if not k.endswith("3d")))
+        raise DataError(f"Unknown MedMNIST dataset '{flag}'. Valid 2D datasets: {valid}.")
+    info = INFO[flag]
+    return DatasetInfo(
+        flag=flag, task=info["task"], n_channels=info["n_channels"], labels=info["label"]
+    )
+
+
+def source_url_and_md5(flag: str, size: int) -> tuple[str, str]:
+    """Official URL and MD5 of a MedMNIST file (``medmnist.INFO``; sizes > 28 are MedMNIST+)."""
+    from medmnist import INFO
+
+    dataset_info(flag)  # clear error for unknown flags
+    if size not in SIZES:
+        raise DataError(f"Unknown MedMNIST size {size}. Valid sizes: {SIZES}.")
+    suffix = "" if size == 28 else f"_{size}"
+    info = INFO[flag]
+    return info[f"url{suffix}"], info[f"MD5{suffix}"]
+
+
+def file_name(flag: str, size: int) -> str:
+    """File name MedMNIST uses for a flag and size, e.g. ``breastmnist_64.npz``."""
+    return f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz"
+
+
+def resolve_source(url: str, flag: str, size: int, mirror: str | None) -> str:
+    """Where to fetch from: the official URL, or the same file name under ``mirror``."""
+    if not mirror:
+        return url
+    name = file_name(flag, size)
+    if urllib.parse.urlparse(mirror).scheme in ("http", "https", "file"):
+        return mirror.rstrip("/") + "/" + name
+    return str(Path(mirror) / name)
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _copy_stream(source: str, target: Path) -> int:
+    """Copy ``source`` (URL or local path) to ``target``, logging progress; returns bytes."""
+    if urllib.parse.urlparse(source).scheme in ("http", "https", "file"):
+        stream = urllib.request.urlopen(source, timeout=60)  # noqa: S310 (scheme checked)
+        total = int(stream.headers.get("Content-Length") or 0)
+    else:
+        if not Path(source).is_file():
+            raise DataError(
+                f"Mirror file {source} does not exist. Put the MedMNIST file there "
+                "or fix the 'mirror' setting in the config."
+            )
+        stream = open(source, "rb")  # noqa: SIM115 (closed below)
+        total = Path(source).stat().st_size
+    copied, next_report = 0, 0.0
+    with stream, open(target, "wb") as out:
+        while chunk := stream.read(_CHUNK):
+            out.write(chunk)
+            copied += len(chunk)
+            if total and copied / total >= next_report:
+                log.info("downloaded %d / %d bytes (%.0f%%)", copied, total, 100 * copied / total)
+                next_report += 0.25
+    if total and copied != total:
+        raise DataError(f"Download of {source} truncated: got {copied} of {total} bytes.")
+    return copied
+
+
+def download(flag: str, size: int, target: str | os.PathLike, mirror: str | None = None) -> Path:
+    """Fetch one MedMNIST file, verify its MD5 and npz structure, write it atomically.
+
+    On any failure nothing is left at ``target``.
+    """
+    url, expected_md5 = source_url_and_md5(flag, size)
+    source = resolve_source(url, flag, size, mirror)
+    target = Path(target)
+    log.info("fetching %s (size %d) from %s", flag, size, source)
+    with atomic_path(target) as tmp:
+        try:
+            n_bytes = _copy_stream(source, tmp)
+        except OSError as error:
+            raise DataError(
+                f"Could not fetch {source}: {error}. Check the network or set 'mirror' in the "
+                "config to a folder or URL that holds the MedMNIST files."
+            ) from error
+        actual_md5 = _md5(tmp)
+        if actual_md5 != expected_md5:
+            raise DataError(
+                f"MD5 mismatch for {file_name(flag, size)} from {source}: expected "
+                f"{expected_md5}, got {actual_md5} ({n_bytes} bytes). The file is corrupt or "
+                "truncated; replace it at the source (mirror) and run again."
+            )
+        load_npz(tmp, flag)  # structural check before the file becomes visible
+    log.info("verified %s (%d bytes, MD5 %s)", target, n_bytes, actual_md5)
+    return target
+
+
+def load_npz(path: str | os.PathLike, flag: str = "") -> dict[str, np.ndarray]:
+    """Load a MedMNIST npz without pickle; checks the expected keys and dtypes."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
+        raise DataError(
+            f"{path} is not a readable MedMNIST npz file ({error}). Delete it and download again."
+        ) from error
+    for split in SPLITS:
+        for kind in ("images", "labels"):
+            key = f"{split}_{kind}"
+            if key not in arrays:
+                raise DataError(f"{path} lacks the array '{key}'; it is not a MedMNIST {flag} file.")
+        if len(arrays[f"{split}_images"]) != len(arrays[f"{split}_labels"]):
+            raise DataError(f"{path}: {split} images and labels differ in length.")
+        if arrays[f"{split}_images"].dtype != np.uint8:
+            raise DataError(f"{path}: {split}_images must be uint8.")
+    return arrays
+
+
+def copy_file(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Copy a file atomically."""
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
+
+
+def make_folds(labels: np.ndarray, sources: np.ndarray, k: int, seed: int) -> pd.DataFrame:
+    """Stratified k-fold assignment over the pooled train+val images.
+
+    Returns one row per pooled image: ``pool_index``, ``source_split`` (train/val),
+    ``source_index`` (index within that split), ``label``, and ``fold`` (0..k-1, the fold
+    in which the image is used for validation).
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    labels = np.asarray(labels)
+    strata = labels[:, 0] if labels.ndim == 2 and labels.shape[1] == 1 else labels
+    if strata.ndim != 1:  # multi-label: stratify on the first label column only
+        strata = strata[:, 0]
+    counts = np.bincount(strata.astype(int))
+    smallest = counts[counts > 0].min()
+    if k < 2 or smallest < k:
+        raise DataError(
+            f"Cannot make {k} stratified folds: the rarest class has {smallest} images. "
+            "Set folds.k between 2 and that number."
+        )
+    fold = np.empty(len(strata), dtype=np.int16)
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    for fold_id, (_, val_idx) in enumerate(splitter.split(np.zeros(len(strata)), strata)):
+        fold[val_idx] = fold_id
+    source_index = np.concatenate(
+        [np.arange((sources == s).sum()) for s in ("train", "val")]
+    ).astype(np.int32)
+    return pd.DataFrame(
+        {
+            "pool_index": np.arange(len(strata), dtype=np.int32),
+            "source_split": sources,
+            "source_index": source_index,
+            "label": strata.astype(np.int16),
+            "fold": fold,
+        }
+    )
+
+
+def pooled_train_val(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images, labels and source-split names of train+val concatenated (train first)."""
+    images = np.concatenate([arrays["train_images"], arrays["val_images"]])
+    labels = np.concatenate([arrays["train_labels"], arrays["val_labels"]])
+    sources = np.array(
+        ["train"] * len(arrays["train_images"]) + ["val"] * len(arrays["val_images"])
+    )
+    return images, labels, sources
+
+
+def fold_split(
+    arrays: dict[str, np.ndarray], folds: pd.DataFrame, fold: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Training and validation arrays for one fold, plus the held-out official test split."""
+    images, labels, _ = pooled_train_val(arrays)
+    if len(folds) != len(images):
+        raise DataError(
+            f"Fold table has {len(folds)} rows but the dataset has {len(images)} train+val "
+            "images; rerun the folds rule (snakemake --forcerun folds)."
+        )
+    is_val = folds["fold"].to_numpy() == fold
+    if not is_val.any() or is_val.all():
+        raise DataError(
+            f"Fold {fold} is empty or holds every image; check folds.k and folds.run in the config."
+        )
+    return {
+        "train": (images[~is_val], labels[~is_val]),
+        "val": (images[is_val], labels[is_val]),
+        "test": (arrays["test_images"], arrays["test_labels"]),
+    }
+
+
+def load_perturbed(paths: list[str]) -> dict[str, tuple[list[int], np.ndarray]]:
+    """Perturbed test sets written by the perturb stage, keyed by perturbation name.
+
+    Each value is (severities, images of shape (S, N, H, W[, C])).
+    """
+    out = {}
+    for path in paths:
+        with np.load(path, allow_pickle=False) as npz:
+            out[Path(path).stem] = (npz["severities"].tolist(), npz["images"])
+    return out

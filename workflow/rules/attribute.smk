@@ -1,0 +1,25 @@
+rule attribute:
+    input:
+        data=dataset_file,
+        model=model_file,
+        perturbed=perturbed_files,
+    output:
+        "results/saliency/{dataset}/{arch}/fold{fold}/{method}.parquet",
+    params:
+        method_params=method_params,
+        max_images=config["attribute"]["max_images"],
+        batch_size=config["attribute"]["batch_size"],
+        target=config["attribute"]["target"],
+        seed=config["seed"],
+        device=config["device"],
+    threads: config["resources"]["attribute"]["threads"]
+    resources:
+        gpu=config["resources"]["attribute"]["gpus"],
+    log:
+        "logs/attribute/{dataset}/{arch}/fold{fold}/{method}.log",
+    benchmark:
+        "benchmarks/attribute/{dataset}/{arch}/fold{fold}/{method}.tsv"
+    conda:
+        "../../envs/attribute.yaml"
+    script:
+        "../scripts/attribute.py"

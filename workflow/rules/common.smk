@@ -1,0 +1,119 @@
+"""Config helpers, name checks against the library's registries, and input functions."""
+
+
+wildcard_constraints:
+    dataset="[a-z0-9]+",
+    arch="[a-z0-9_]+",
+    fold=r"\d+",
+    perturbation="[a-z0-9_]+",
+    method="[a-z0-9_]+",
+    size=r"\d+",
+
+
+try:
+    from saliency_robustness.registry_check import config_errors
+except ImportError as error:  # library dependencies only inside per-rule conda envs
+    logger.warning(f"Registry names not checked before the run ({error}); jobs check them.")
+else:
+    _errors = config_errors(config)
+    if _errors:
+        raise ValueError(
+            "Invalid config:\n  " + "\n  ".join(_errors)
+        )
+
+
+DATASETS = config["data"]["datasets"]
+SIZE = config["data"]["size"]
+ARCHS = config["train"]["architectures"]
+FOLDS = config["folds"]["run"] or list(range(config["folds"]["k"]))
+PERTURBATIONS = config["perturb"]["perturbations"]
+METHODS = config["attribute"]["methods"]
+
+
+def dataset_file(wildcards):
+    return f"resources/medmnist/{wildcards.dataset}_{SIZE}.npz"
+
+
+def perturbed_files(wildcards):
+    return expand(
+        "results/perturbed/{dataset}/{perturbation}.npz",
+        dataset=wildcards.dataset,
+        perturbation=PERTURBATIONS,
+    )
+
+
+def model_file(wildcards):
+    return "results/models/{dataset}/{arch}/fold{fold}/model.pt".format(**wildcards)
+
+
+def per_model(pattern, dataset, **extra):
+    """Expand a per-(arch, fold) path for every configured architecture and fold."""
+    return expand(pattern, dataset=dataset, arch=ARCHS, fold=FOLDS, **extra)
+
+
+def method_params(wildcards):
+    return config["attribute"]["params"].get(wildcards.method, {})
+
+
+def classification_files(wildcards):
+    return per_model(
+        "results/evaluation/{dataset}/{arch}/fold{fold}/metrics.parquet", wildcards.dataset
+    )
+
+
+def history_files(wildcards):
+    return per_model(
+        "results/models/{dataset}/{arch}/fold{fold}/history.parquet", wildcards.dataset
+    )
+
+
+def saliency_change_files(wildcards):
+    return per_model(
+        "results/metrics/saliency_change/{dataset}/{arch}/fold{fold}/{method}.parquet",
+        wildcards.dataset,
+        method=METHODS,
+    )
+
+
+def example_saliency_files(wildcards):
+    return expand(
+        "results/saliency/{dataset}/{arch}/fold{fold}/{method}.parquet",
+        dataset=wildcards.dataset,
+        arch=wildcards.arch,
+        fold=FOLDS[0],
+        method=METHODS,
+    )
+
+
+def all_outputs():
+    outputs = []
+    for dataset in DATASETS:
+        outputs += expand(
+            "results/plots/{dataset}/{plot}.png",
+            dataset=dataset,
+            plot=[
+                "training_curves",
+                "classification_vs_severity",
+                "saliency_change_vs_severity",
+                "misclassification_detection",
+            ],
+        )
+        outputs += expand(
+            "results/plots/{dataset}/examples_{arch}.png", dataset=dataset, arch=ARCHS
+        )
+        outputs += expand(
+            "results/plots/{dataset}/perturbations/{perturbation}.png",
+            dataset=dataset,
+            perturbation=PERTURBATIONS,
+        )
+        outputs += expand(
+            "results/summary/{dataset}/{table}.parquet",
+            dataset=dataset,
+            table=[
+                "classification",
+                "training_history",
+                "saliency_change",
+                "misclassification_detection",
+            ],
+        )
+    return outputs

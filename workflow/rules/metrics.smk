@@ -1,0 +1,35 @@
+rule saliency_change:
+    input:
+        "results/saliency/{dataset}/{arch}/fold{fold}/{method}.parquet",
+    output:
+        "results/metrics/saliency_change/{dataset}/{arch}/fold{fold}/{method}.parquet",
+    params:
+        top_k_percent=config["metrics"]["top_k_percent"],
+    log:
+        "logs/saliency_change/{dataset}/{arch}/fold{fold}/{method}.log",
+    benchmark:
+        "benchmarks/saliency_change/{dataset}/{arch}/fold{fold}/{method}.tsv"
+    conda:
+        "../../envs/metrics.yaml"
+    script:
+        "../scripts/saliency_change.py"
+
+
+rule summarise:
+    input:
+        classification=classification_files,
+        history=history_files,
+        saliency_change=saliency_change_files,
+    output:
+        classification="results/summary/{dataset}/classification.parquet",
+        training_history="results/summary/{dataset}/training_history.parquet",
+        saliency_change="results/summary/{dataset}/saliency_change.parquet",
+        detection="results/summary/{dataset}/misclassification_detection.parquet",
+    log:
+        "logs/summarise/{dataset}.log",
+    benchmark:
+        "benchmarks/summarise/{dataset}.tsv"
+    conda:
+        "../../envs/metrics.yaml"
+    script:
+        "../scripts/summarise.py"

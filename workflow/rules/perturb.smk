@@ -1,0 +1,23 @@
+rule perturb:
+    input:
+        dataset_file,
+    output:
+        images="results/perturbed/{dataset}/{perturbation}.npz",
+        preview=report(
+            "results/plots/{dataset}/perturbations/{perturbation}.png",
+            caption="../report/perturbation_preview.rst",
+            category="Perturbations",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "perturbation": "{perturbation}"},
+        ),
+    params:
+        severities=config["perturb"]["severities"],
+        seed=config["seed"],
+    log:
+        "logs/perturb/{dataset}/{perturbation}.log",
+    benchmark:
+        "benchmarks/perturb/{dataset}/{perturbation}.tsv"
+    conda:
+        "../../envs/perturb.yaml"
+    script:
+        "../scripts/perturb.py"

@@ -1,0 +1,43 @@
+"""Saliency maps of one model and method for clean and perturbed test images."""
+
+import torch
+
+from saliency_robustness.attribution import attribute_clean_and_perturbed, method_params
+from saliency_robustness.data import dataset_info, load_npz, load_perturbed
+from saliency_robustness.logs import log_to_file
+from saliency_robustness.models import get_architecture, load_model, resolve_device
+from saliency_robustness.tables import write_parquet
+
+log_to_file(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+wc = snakemake.wildcards
+info = dataset_info(wc.dataset)
+arrays = load_npz(snakemake.input.data)
+n = snakemake.params.max_images
+images, labels = arrays["test_images"][:n], arrays["test_labels"][:n]
+perturbed = {
+    name: (severities, stack[:, :n])
+    for name, (severities, stack) in load_perturbed(snakemake.input.perturbed).items()
+}
+device = resolve_device(snakemake.params.device)
+model = load_model(
+    snakemake.input.model, wc.arch, info.n_channels, info.n_classes, images.shape[1], device
+)
+params = method_params(
+    wc.method, snakemake.params.method_params, get_architecture(wc.arch).cam_layer
+)
+table = attribute_clean_and_perturbed(
+    model,
+    images,
+    labels,
+    perturbed,
+    wc.method,
+    params,
+    keys={"dataset": wc.dataset, "arch": wc.arch, "fold": int(wc.fold)},
+    target=snakemake.params.target,
+    batch_size=snakemake.params.batch_size,
+    seed=snakemake.params.seed,
+    device=device,
+    progress=True,
+)
+write_parquet(table, snakemake.output[0])

@@ -1,0 +1,31 @@
+"""Predictions and classification metrics of one model on clean and perturbed test images."""
+
+import torch
+
+from saliency_robustness.data import dataset_info, load_npz, load_perturbed
+from saliency_robustness.evaluation import evaluate_model
+from saliency_robustness.logs import log_to_file
+from saliency_robustness.models import load_model, resolve_device
+from saliency_robustness.tables import write_parquet
+
+log_to_file(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+wc = snakemake.wildcards
+info = dataset_info(wc.dataset)
+arrays = load_npz(snakemake.input.data)
+device = resolve_device(snakemake.params.device)
+images = arrays["test_images"]
+model = load_model(
+    snakemake.input.model, wc.arch, info.n_channels, info.n_classes, images.shape[1], device
+)
+predictions, metrics = evaluate_model(
+    model,
+    images,
+    arrays["test_labels"],
+    load_perturbed(snakemake.input.perturbed),
+    snakemake.params.batch_size,
+    device,
+)
+keys = {"dataset": wc.dataset, "arch": wc.arch, "fold": int(wc.fold)}
+write_parquet(predictions.assign(**keys), snakemake.output.predictions)
+write_parquet(metrics.assign(**keys), snakemake.output.metrics)

@@ -1,0 +1,19 @@
+"""Perturb the test images of one dataset at every configured severity; preview grid."""
+
+import numpy as np
+
+from saliency_robustness.data import load_npz
+from saliency_robustness.logs import log_to_file
+from saliency_robustness.perturbations import perturb_all_severities
+from saliency_robustness.plots import perturbation_preview
+from saliency_robustness.tables import atomic_path
+
+log_to_file(snakemake.log[0])
+name = snakemake.wildcards.perturbation
+severities = snakemake.params.severities
+clean = load_npz(snakemake.input[0])["test_images"]
+stack = perturb_all_severities(clean, name, severities, seed=snakemake.params.seed)
+with atomic_path(snakemake.output.images) as tmp:
+    with open(tmp, "wb") as handle:
+        np.savez_compressed(handle, images=stack, severities=np.asarray(severities))
+perturbation_preview(clean, stack, severities, name, snakemake.output.preview)

@@ -1,0 +1,47 @@
+"""Train one (dataset, architecture, fold); save best-validation-AUC weights and history."""
+
+import json
+
+import pandas as pd
+import torch
+
+from saliency_robustness.data import dataset_info, fold_split, load_npz
+from saliency_robustness.evaluation import classification_metrics, predict_proba
+from saliency_robustness.logs import log_to_file
+from saliency_robustness.models import resolve_device, save_weights
+from saliency_robustness.tables import atomic_path, write_parquet
+from saliency_robustness.training import TrainSettings, train_classifier
+
+log_to_file(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+fold = int(snakemake.wildcards.fold)
+info = dataset_info(snakemake.wildcards.dataset)
+splits = fold_split(load_npz(snakemake.input.data), pd.read_parquet(snakemake.input.folds), fold)
+cfg = snakemake.params.train
+settings = TrainSettings(
+    epochs=cfg["epochs"],
+    batch_size=cfg["batch_size"],
+    lr=cfg["lr"],
+    milestones=tuple(cfg["milestones"]),
+    gamma=cfg["gamma"],
+    seed=snakemake.params.seed + fold,
+)
+device = resolve_device(snakemake.params.device)
+result = train_classifier(
+    snakemake.wildcards.arch, splits["train"], splits["val"], info.n_classes, settings, device
+)
+test_images, test_labels = splits["test"]
+test = classification_metrics(test_labels, predict_proba(result.model, test_images, device=device))
+
+save_weights(result.model, snakemake.output.model)
+write_parquet(result.history, snakemake.output.history)
+summary = {
+    "device": str(device),
+    "best_epoch": result.best_epoch,
+    "val": result.best_val,
+    "test": test,
+    "n_train": len(splits["train"][0]),
+    "n_val": len(splits["val"][0]),
+}
+with atomic_path(snakemake.output.metrics) as tmp:
+    tmp.write_text(json.dumps(summary, indent=2))
