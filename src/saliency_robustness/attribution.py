@@ -250,11 +250,3 @@ def attribute_clean_and_perturbed(
         )
     schema = saliency_schema(height, width, n_classes)
     return pa.Table.from_pandas(pd.concat(frames, ignore_index=True), schema=schema, preserve_index=False)
-
-
-def maps_from_table(table: pd.DataFrame) -> np.ndarray:
-    """Saliency column of a saliency table as an array (N, H, W)."""
-    if table.empty:
-        return np.zeros((0, 0, 0), np.float32)
-    height, width = int(table["height"].iloc[0]), int(table["width"].iloc[0])
-    return np.stack(table["saliency"].to_numpy()).astype(np.float32).reshape(-1, height, width)

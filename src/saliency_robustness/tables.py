@@ -8,6 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -45,3 +46,11 @@ def read_parquet(paths: str | os.PathLike | list) -> pd.DataFrame:
         return pd.read_parquet(paths)
     frames = [pd.read_parquet(p) for p in paths]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def maps_from_table(table: pd.DataFrame) -> np.ndarray:
+    """Saliency column of a saliency table as an array (N, H, W)."""
+    if table.empty:
+        return np.zeros((0, 0, 0), np.float32)
+    height, width = int(table["height"].iloc[0]), int(table["width"].iloc[0])
+    return np.stack(table["saliency"].to_numpy()).astype(np.float32).reshape(-1, height, width)

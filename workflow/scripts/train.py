@@ -34,7 +34,8 @@ test_images, test_labels = splits["test"]
 test = classification_metrics(test_labels, predict_proba(result.model, test_images, device=device))
 
 save_weights(result.model, snakemake.output.model)
-write_parquet(result.history, snakemake.output.history)
+keys = {"dataset": snakemake.wildcards.dataset, "arch": snakemake.wildcards.arch, "fold": fold}
+write_parquet(result.history.assign(**keys), snakemake.output.history)
 summary = {
     "device": str(device),
     "best_epoch": result.best_epoch,

@@ -1,0 +1,159 @@
+"""How saliency maps and predictions change under perturbation.
+
+Every map is compared after the same normalisation: absolute value, then scaled to
+[0, 1] by its maximum (a constant map stays constant and is flagged, never divided by
+zero). Per image and severity: RMSE, SSIM, Spearman rank correlation and top-k%
+intersection-over-union against the clean map, joined with whether the perturbed
+prediction is wrong or flipped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.stats import rankdata
+from skimage.metrics import structural_similarity
+from sklearn.metrics import roc_auc_score
+
+from saliency_robustness.tables import maps_from_table
+
+CHANGE_SCORES = {
+    # score name -> (column, sign): larger score = larger change
+    "1 - SSIM": ("ssim", -1.0),
+    "RMSE": ("rmse", 1.0),
+    "1 - Spearman": ("spearman", -1.0),
+    "1 - top-k IoU": ("topk_iou", -1.0),
+    "confidence drop (baseline)": ("confidence_drop", 1.0),
+}
+
+
+def normalise_maps(maps: np.ndarray) -> np.ndarray:
+    """|map| scaled to [0, 1] by each map's maximum; all-zero maps stay zero."""
+    magnitude = np.abs(maps.astype(np.float64))
+    peak = magnitude.reshape(len(maps), -1).max(axis=1)
+    scale = np.where(peak > 0, peak, 1.0)
+    return magnitude / scale[:, None, None]
+
+
+def rmse(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sqrt(((a - b) ** 2).reshape(len(a), -1).mean(axis=1))
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Structural similarity per pair of [0, 1] maps (skimage, 7x7 window)."""
+    return np.array(
+        [structural_similarity(x, y, data_range=1.0) for x, y in zip(a, b)], dtype=np.float64
+    )
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman rank correlation per pair; NaN where either map is constant."""
+    ra = rankdata(a.reshape(len(a), -1), axis=1)
+    rb = rankdata(b.reshape(len(b), -1), axis=1)
+    ra -= ra.mean(axis=1, keepdims=True)
+    rb -= rb.mean(axis=1, keepdims=True)
+    denominator = np.sqrt((ra**2).sum(axis=1) * (rb**2).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, (ra * rb).sum(axis=1) / denominator, np.nan)
+
+
+def top_k_mask(maps: np.ndarray, top_k_percent: float) -> np.ndarray:
+    """Boolean masks of the k% highest-valued pixels (ties broken by pixel order)."""
+    flat = maps.reshape(len(maps), -1)
+    k = max(1, int(round(flat.shape[1] * top_k_percent / 100)))
+    order = np.argsort(-flat, axis=1, kind="stable")[:, :k]
+    mask = np.zeros_like(flat, dtype=bool)
+    np.put_along_axis(mask, order, True, axis=1)
+    return mask.reshape(maps.shape)
+
+
+def top_k_iou(a: np.ndarray, b: np.ndarray, top_k_percent: float) -> np.ndarray:
+    ma, mb = top_k_mask(a, top_k_percent), top_k_mask(b, top_k_percent)
+    inter = (ma & mb).reshape(len(a), -1).sum(axis=1)
+    union = (ma | mb).reshape(len(a), -1).sum(axis=1)
+    return inter / union
+
+
+def saliency_change(saliency: pd.DataFrame, top_k_percent: float) -> pd.DataFrame:
+    """Per-image change of map and prediction, clean (severity 0) vs each severity."""
+    keys = ["dataset", "arch", "fold", "method", "perturbation"]
+    clean = saliency[saliency["severity"] == 0].set_index(["perturbation", "image_index"])
+    perturbed = saliency[saliency["severity"] > 0].reset_index(drop=True)
+    if perturbed.empty:
+        raise ValueError("The saliency table holds no perturbed images (severity > 0).")
+    reference = clean.loc[list(zip(perturbed["perturbation"], perturbed["image_index"]))]
+    clean_maps = normalise_maps(maps_from_table(reference))
+    maps = normalise_maps(maps_from_table(perturbed))
+    clean_predicted = reference["predicted"].to_numpy()
+    clean_probability = reference["target_probability"].to_numpy()
+    return pd.DataFrame(
+        {
+            **{key: perturbed[key] for key in keys},
+            "severity": perturbed["severity"],
+            "image_index": perturbed["image_index"],
+            "label": perturbed["label"],
+            "target": perturbed["target"],
+            "clean_predicted": clean_predicted,
+            "predicted": perturbed["predicted"],
+            "wrong": perturbed["predicted"].to_numpy() != perturbed["label"].to_numpy(),
+            "flipped": perturbed["predicted"].to_numpy() != clean_predicted,
+            "clean_target_probability": clean_probability,
+            "target_probability": perturbed["target_probability"],
+            "confidence_drop": clean_probability - perturbed["target_probability"].to_numpy(),
+            "rmse": rmse(clean_maps, maps),
+            "ssim": ssim(clean_maps, maps),
+            "spearman": spearman(clean_maps, maps),
+            "topk_iou": top_k_iou(clean_maps, maps, top_k_percent),
+            "clean_is_constant": reference["is_constant"].to_numpy(),
+            "is_constant": perturbed["is_constant"],
+        }
+    )
+
+
+def summarise_change(change: pd.DataFrame) -> pd.DataFrame:
+    """Mean per fold, then mean and standard deviation over folds, per
+    (dataset, arch, method, perturbation, severity)."""
+    group = ["dataset", "arch", "method", "perturbation", "severity"]
+    values = ["rmse", "ssim", "spearman", "topk_iou", "wrong", "flipped", "confidence_drop"]
+    per_fold = change.groupby(group + ["fold"])[values].mean().reset_index()
+    summary = per_fold.groupby(group)[values].agg(["mean", "std"])
+    summary.columns = [f"{value}_{stat}" for value, stat in summary.columns]
+    summary["n_folds"] = per_fold.groupby(group)["fold"].nunique()
+    return summary.reset_index()
+
+
+def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    keep = np.isfinite(scores)
+    labels, scores = labels[keep], scores[keep]
+    if len(np.unique(labels)) < 2:
+        return float("nan")  # undefined when every image is right (or every one wrong)
+    return float(roc_auc_score(labels, scores))
+
+
+def misclassification_detection(change: pd.DataFrame) -> pd.DataFrame:
+    """AUROC of each change score as a detector of a wrong prediction on perturbed images.
+
+    One row per (dataset, arch, fold, method, perturbation, score), plus
+    perturbation ``all`` pooling every perturbation and severity.
+    """
+    rows = []
+    pooled = change.assign(perturbation="all")
+    for (dataset, arch, fold, method, perturbation), group in pd.concat([change, pooled]).groupby(
+        ["dataset", "arch", "fold", "method", "perturbation"], sort=True
+    ):
+        wrong = group["wrong"].to_numpy()
+        for score, (column, sign) in CHANGE_SCORES.items():
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "arch": arch,
+                    "fold": fold,
+                    "method": method,
+                    "perturbation": perturbation,
+                    "score": score,
+                    "auroc": _auroc(wrong, sign * group[column].to_numpy(dtype=float)),
+                    "n_wrong": int(wrong.sum()),
+                    "n_right": int((~wrong).sum()),
+                }
+            )
+    return pd.DataFrame(rows)

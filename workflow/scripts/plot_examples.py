@@ -1,0 +1,26 @@
+"""Figure: example images at each severity with every method's saliency map."""
+
+import pandas as pd
+
+from saliency_robustness.tables import maps_from_table
+from saliency_robustness.data import load_npz, load_perturbed
+from saliency_robustness.logs import log_to_file
+from saliency_robustness.plots import saliency_examples
+
+log_to_file(snakemake.log[0])
+maps = {}
+for path in snakemake.input.saliency:
+    table = pd.read_parquet(path)
+    maps[table["method"].iloc[0]] = {
+        (name, int(severity)): maps_from_table(group.sort_values("image_index"))
+        for (name, severity), group in table.groupby(["perturbation", "severity"])
+    }
+n_attributed = len(next(iter(next(iter(maps.values())).values())))
+saliency_examples(
+    load_npz(snakemake.input.data)["test_images"],
+    load_perturbed(snakemake.input.perturbed),
+    maps,
+    image_indices=list(range(min(snakemake.params.n_images, n_attributed))),
+    path=snakemake.output[0],
+    dpi=snakemake.params.dpi,
+)
