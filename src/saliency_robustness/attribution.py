@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from saliency_robustness.evaluation import predict_proba
 from saliency_robustness.models import get_layer, images_to_tensor
+from saliency_robustness.registry import lookup
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +74,7 @@ def _gradcam(
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     with GradCAM(model=model, target_layers=[get_layer(model, cam_layer)]) as cam:
-        return cam(
-            input_tensor=inputs, targets=[ClassifierOutputTarget(int(t)) for t in targets]
-        )
+        return cam(input_tensor=inputs, targets=[ClassifierOutputTarget(int(t)) for t in targets])
 
 
 METHODS: dict[str, SaliencyMethod] = {
@@ -93,9 +92,7 @@ METHODS: dict[str, SaliencyMethod] = {
 
 
 def get_method(name: str) -> SaliencyMethod:
-    if name not in METHODS:
-        raise KeyError(f"Unknown saliency method '{name}'. Valid methods: {', '.join(sorted(METHODS))}.")
-    return METHODS[name]
+    return lookup(METHODS, name, "saliency method")
 
 
 def method_params(name: str, params: dict | None, cam_layer: str | None) -> dict:
@@ -106,7 +103,8 @@ def method_params(name: str, params: dict | None, cam_layer: str | None) -> dict
     extra = set(params) - allowed
     if extra:
         raise ValueError(
-            f"attribute.params.{name}: unknown keys {sorted(extra)}; allowed: {sorted(allowed) or 'none'}."
+            f"attribute.params.{name}: unknown keys {sorted(extra)}; "
+            f"allowed: {sorted(allowed) or 'none'}."
         )
     merged = {**method.defaults, **params}
     if method.uses_cam_layer:
@@ -137,12 +135,14 @@ def compute_maps(
         maps.append(np.asarray(result, dtype=np.float32))
     maps = np.concatenate(maps) if maps else np.zeros((0, *images.shape[1:3]), np.float32)
     if maps.shape != (len(images), *images.shape[1:3]):
-        raise RuntimeError(f"{method} returned maps of shape {maps.shape}, expected {(len(images), *images.shape[1:3])}.")
+        expected = (len(images), *images.shape[1:3])
+        raise RuntimeError(f"{method} returned maps of shape {maps.shape}, expected {expected}.")
     bad = ~np.isfinite(maps).reshape(len(maps), -1).all(axis=1)
     if bad.any():
         raise FloatingPointError(
-            f"{method} produced NaN or infinite maps for images {np.flatnonzero(bad)[:10].tolist()}; "
-            "check the model weights and the method's parameters."
+            f"{method} produced NaN or infinite maps for images "
+            f"{np.flatnonzero(bad)[:10].tolist()}; check the model weights and the method's "
+            "parameters."
         )
     return maps
 
@@ -223,7 +223,9 @@ def attribute_clean_and_perturbed(
     names = list(perturbed) or ["none"]
     rows = [(n, 0, clean_maps, clean_level_probs) for n in names]
     frames = []
-    for name, severity, maps, probs in sorted(rows + batches, key=lambda r: (names.index(r[0]), r[1])):
+    for name, severity, maps, probs in sorted(
+        rows + batches, key=lambda r: (names.index(r[0]), r[1])
+    ):
         n = len(maps)
         frames.append(
             pd.DataFrame(
@@ -249,4 +251,6 @@ def attribute_clean_and_perturbed(
             )
         )
     schema = saliency_schema(height, width, n_classes)
-    return pa.Table.from_pandas(pd.concat(frames, ignore_index=True), schema=schema, preserve_index=False)
+    return pa.Table.from_pandas(
+        pd.concat(frames, ignore_index=True), schema=schema, preserve_index=False
+    )

@@ -158,7 +158,9 @@ def load_npz(path: str | os.PathLike, flag: str = "") -> dict[str, np.ndarray]:
         for kind in ("images", "labels"):
             key = f"{split}_{kind}"
             if key not in arrays:
-                raise DataError(f"{path} lacks the array '{key}'; it is not a MedMNIST {flag} file.")
+                raise DataError(
+                    f"{path} lacks the array '{key}'; it is not a MedMNIST {flag} file."
+                )
         if len(arrays[f"{split}_images"]) != len(arrays[f"{split}_labels"]):
             raise DataError(f"{path}: {split} images and labels differ in length.")
         if arrays[f"{split}_images"].dtype != np.uint8:

@@ -52,7 +52,9 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dic
         "acc": float(skm.accuracy_score(labels, predicted)),
         "balanced_acc": float(skm.balanced_accuracy_score(labels, predicted)),
         "auc": float(auc),
-        "precision": float(skm.precision_score(labels, predicted, average=average, zero_division=0)),
+        "precision": float(
+            skm.precision_score(labels, predicted, average=average, zero_division=0)
+        ),
         "recall": float(skm.recall_score(labels, predicted, average=average, zero_division=0)),
         "f1": float(skm.f1_score(labels, predicted, average=average, zero_division=0)),
     }
@@ -94,12 +96,16 @@ def evaluate_model(
     for name, (severities, stacks) in perturbed.items():
         levels = [(0, clean_probs)] + [
             (int(s), predict_proba(model, stack, batch_size, device))
-            for s, stack in zip(severities, stacks)
+            for s, stack in zip(severities, stacks, strict=True)
         ]
         for severity, probs in levels:
             predictions.append(prediction_rows(labels, probs, name, severity))
             summary.append(
-                {"perturbation": name, "severity": severity, **classification_metrics(labels, probs)}
+                {
+                    "perturbation": name,
+                    "severity": severity,
+                    **classification_metrics(labels, probs),
+                }
             )
     if not perturbed:
         predictions.append(prediction_rows(labels, clean_probs, "none", 0))

@@ -42,7 +42,8 @@ def rmse(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Structural similarity per pair of [0, 1] maps (skimage, 7x7 window)."""
     return np.array(
-        [structural_similarity(x, y, data_range=1.0) for x, y in zip(a, b)], dtype=np.float64
+        [structural_similarity(x, y, data_range=1.0) for x, y in zip(a, b, strict=True)],
+        dtype=np.float64,
     )
 
 
@@ -81,7 +82,9 @@ def saliency_change(saliency: pd.DataFrame, top_k_percent: float) -> pd.DataFram
     perturbed = saliency[saliency["severity"] > 0].reset_index(drop=True)
     if perturbed.empty:
         raise ValueError("The saliency table holds no perturbed images (severity > 0).")
-    reference = clean.loc[list(zip(perturbed["perturbation"], perturbed["image_index"]))]
+    reference = clean.loc[
+        list(zip(perturbed["perturbation"], perturbed["image_index"], strict=True))
+    ]
     clean_maps = normalise_maps(maps_from_table(reference))
     maps = normalise_maps(maps_from_table(perturbed))
     clean_predicted = reference["predicted"].to_numpy()

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torchvision import models as tv_models
 
+from saliency_robustness.registry import lookup
+
 # Below this size the ImageNet stem (7x7 stride-2 conv + max-pool) shrinks the image to 1x1
 # at layer4 (28 px), which also makes Grad-CAM maps constant; use a CIFAR-style stem.
 SMALL_IMAGE_MAX_SIZE = 64
@@ -47,11 +49,7 @@ ARCHITECTURES: dict[str, Architecture] = {
 
 
 def get_architecture(name: str) -> Architecture:
-    if name not in ARCHITECTURES:
-        raise KeyError(
-            f"Unknown architecture '{name}'. Valid architectures: {', '.join(sorted(ARCHITECTURES))}."
-        )
-    return ARCHITECTURES[name]
+    return lookup(ARCHITECTURES, name, "architecture")
 
 
 def build_model(name: str, in_channels: int, n_classes: int, image_size: int) -> nn.Module:

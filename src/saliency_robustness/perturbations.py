@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from saliency_robustness.registry import lookup
+
 SEVERITIES = (1, 2, 3, 4, 5)
 
 
@@ -73,11 +75,7 @@ PERTURBATIONS: dict[str, Perturbation] = {
 
 
 def get_perturbation(name: str) -> Perturbation:
-    if name not in PERTURBATIONS:
-        raise KeyError(
-            f"Unknown perturbation '{name}'. Valid perturbations: {', '.join(sorted(PERTURBATIONS))}."
-        )
-    return PERTURBATIONS[name]
+    return lookup(PERTURBATIONS, name, "perturbation")
 
 
 def image_seed(seed: int, perturbation: str, severity: int, image_index: int) -> int:
@@ -108,7 +106,7 @@ def perturb_images(
     augmenter = spec.make(spec.severity_table[severity - 1])
     indices = range(len(images)) if image_indices is None else image_indices
     out = np.empty_like(images)
-    for position, (image, index) in enumerate(zip(images, indices)):
+    for position, (image, index) in enumerate(zip(images, indices, strict=True)):
         augmenter.seed_(image_seed(seed, name, severity, int(index)))
         out[position] = augmenter.augment_image(image)
     return out

@@ -39,7 +39,9 @@ def perturbation_preview(
     """Grid: rows are test images, columns clean then each severity."""
     n = min(n_images, len(clean))
     columns = [("clean", clean)] + [(f"severity {s}", stack[i]) for i, s in enumerate(severities)]
-    figure, axes = plt.subplots(n, len(columns), figsize=(1.4 * len(columns), 1.4 * n), squeeze=False)
+    figure, axes = plt.subplots(
+        n, len(columns), figsize=(1.4 * len(columns), 1.4 * n), squeeze=False
+    )
     for row in range(n):
         for col, (title, images) in enumerate(columns):
             ax = axes[row, col]
@@ -60,13 +62,23 @@ def training_curves(history: pd.DataFrame, path: str | os.PathLike, dpi: int = 1
         var_name="metric",
     )
     grid = sns.relplot(
-        data=long, x="epoch", y="value", hue="fold", col="metric", row="arch", kind="line",
-        facet_kws={"sharey": False}, height=2.4, palette="tab10",
+        data=long,
+        x="epoch",
+        y="value",
+        hue="fold",
+        col="metric",
+        row="arch",
+        kind="line",
+        facet_kws={"sharey": False},
+        height=2.4,
+        palette="tab10",
     )
     _save(grid.figure, path, dpi)
 
 
-def classification_vs_severity(metrics: pd.DataFrame, path: str | os.PathLike, dpi: int = 120) -> None:
+def classification_vs_severity(
+    metrics: pd.DataFrame, path: str | os.PathLike, dpi: int = 120
+) -> None:
     """ACC, balanced ACC and AUC vs severity per perturbation (mean and SD over folds)."""
     long = metrics.melt(
         id_vars=["arch", "fold", "perturbation", "severity"],
@@ -74,13 +86,23 @@ def classification_vs_severity(metrics: pd.DataFrame, path: str | os.PathLike, d
         var_name="metric",
     )
     grid = sns.relplot(
-        data=long, x="severity", y="value", hue="perturbation", col="metric", row="arch",
-        kind="line", marker="o", errorbar="sd", height=2.6,
+        data=long,
+        x="severity",
+        y="value",
+        hue="perturbation",
+        col="metric",
+        row="arch",
+        kind="line",
+        marker="o",
+        errorbar="sd",
+        height=2.6,
     )
     _save(grid.figure, path, dpi)
 
 
-def saliency_change_vs_severity(summary: pd.DataFrame, path: str | os.PathLike, dpi: int = 120) -> None:
+def saliency_change_vs_severity(
+    summary: pd.DataFrame, path: str | os.PathLike, dpi: int = 120
+) -> None:
     """Mean map change (SSIM, Spearman, top-k IoU, RMSE) vs severity, row per method."""
     long = summary.melt(
         id_vars=["arch", "method", "perturbation", "severity"],
@@ -90,13 +112,23 @@ def saliency_change_vs_severity(summary: pd.DataFrame, path: str | os.PathLike, 
     long["metric"] = long["metric"].str.removesuffix("_mean")
     long["model / method"] = long["arch"] + " / " + long["method"]
     grid = sns.relplot(
-        data=long, x="severity", y="value", hue="perturbation", col="metric",
-        row="model / method", kind="line", marker="o", height=2.2, facet_kws={"sharey": "col"},
+        data=long,
+        x="severity",
+        y="value",
+        hue="perturbation",
+        col="metric",
+        row="model / method",
+        kind="line",
+        marker="o",
+        height=2.2,
+        facet_kws={"sharey": "col"},
     )
     _save(grid.figure, path, dpi)
 
 
-def misclassification_detection(detection: pd.DataFrame, path: str | os.PathLike, dpi: int = 120) -> None:
+def misclassification_detection(
+    detection: pd.DataFrame, path: str | os.PathLike, dpi: int = 120
+) -> None:
     """AUROC of each change score for detecting misclassified perturbed images."""
     data = detection.dropna(subset=["auroc"])
     if data.empty:
@@ -105,8 +137,16 @@ def misclassification_detection(detection: pd.DataFrame, path: str | os.PathLike
             "wrong). Attribute more images (attribute.max_images) or use stronger severities."
         )
     grid = sns.catplot(
-        data=data, x="method", y="auroc", hue="perturbation", col="score", row="arch",
-        kind="bar", errorbar="sd", height=2.6, col_wrap=None,
+        data=data,
+        x="method",
+        y="auroc",
+        hue="perturbation",
+        col="score",
+        row="arch",
+        kind="bar",
+        errorbar="sd",
+        height=2.6,
+        col_wrap=None,
     )
     for ax in grid.axes.flat:
         ax.axhline(0.5, color="gray", linestyle="--", linewidth=0.8)
@@ -131,7 +171,9 @@ def saliency_examples(
     n_levels = 1 + max(len(sev) for sev, _ in perturbed.values())
     block = 1 + len(methods)
     n_rows = block * len(image_indices) * len(perturbed)
-    figure, axes = plt.subplots(n_rows, n_levels, figsize=(1.3 * n_levels, 1.3 * n_rows), squeeze=False)
+    figure, axes = plt.subplots(
+        n_rows, n_levels, figsize=(1.3 * n_levels, 1.3 * n_rows), squeeze=False
+    )
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -142,7 +184,9 @@ def saliency_examples(
             for col, severity in enumerate(levels):
                 image = clean[index] if severity == 0 else stack[severities.index(severity)][index]
                 axes[row, col].imshow(image, **_gray(image))
-                axes[row, col].set_title("clean" if severity == 0 else f"{name} {severity}", fontsize=6)
+                axes[row, col].set_title(
+                    "clean" if severity == 0 else f"{name} {severity}", fontsize=6
+                )
                 for m, method in enumerate(methods):
                     saliency = np.abs(maps[method][(name, severity)][index])
                     axes[row + 1 + m, col].imshow(saliency, cmap="inferno")

@@ -29,5 +29,7 @@ def config_errors(config: dict) -> list[str]:
     k = config["folds"]["k"]
     for fold in config["folds"]["run"] or []:
         if fold >= k:
-            errors.append(f"folds.run: fold {fold} does not exist with folds.k = {k} (use 0..{k - 1}).")
+            errors.append(
+                f"folds.run: fold {fold} does not exist with folds.k = {k} (use 0..{k - 1})."
+            )
     return errors

@@ -117,10 +117,18 @@ def train_classifier(
             best_state = copy.deepcopy(model.state_dict())
         log.info(
             "epoch %d/%d train_loss %.4f val_loss %.4f val_acc %.4f val_auc %.4f lr %.2g (%.1f s)",
-            epoch, settings.epochs, row["train_loss"], val_loss, val["acc"], val["auc"], lr,
+            epoch,
+            settings.epochs,
+            row["train_loss"],
+            val_loss,
+            val["acc"],
+            val["auc"],
+            lr,
             row["seconds"],
         )
     model.load_state_dict(best_state)
     model.eval()
-    log.info("best epoch %d: val_auc %.4f val_acc %.4f", best_epoch, best_val["auc"], best_val["acc"])
+    log.info(
+        "best epoch %d: val_auc %.4f val_acc %.4f", best_epoch, best_val["auc"], best_val["acc"]
+    )
     return TrainResult(model, pd.DataFrame(history), best_epoch, best_val)

@@ -5,6 +5,15 @@ rule attribute:
         perturbed=perturbed_files,
     output:
         "results/saliency/{dataset}/{arch}/fold{fold}/{method}.parquet",
+    log:
+        "logs/attribute/{dataset}/{arch}/fold{fold}/{method}.log",
+    benchmark:
+        "benchmarks/attribute/{dataset}/{arch}/fold{fold}/{method}.tsv"
+    conda:
+        "../../envs/attribute.yaml"
+    threads: config["resources"]["attribute"]["threads"]
+    resources:
+        gpu=config["resources"]["attribute"]["gpus"],
     params:
         method_params=method_params,
         max_images=config["attribute"]["max_images"],
@@ -12,14 +21,5 @@ rule attribute:
         target=config["attribute"]["target"],
         seed=config["seed"],
         device=config["device"],
-    threads: config["resources"]["attribute"]["threads"]
-    resources:
-        gpu=config["resources"]["attribute"]["gpus"],
-    log:
-        "logs/attribute/{dataset}/{arch}/fold{fold}/{method}.log",
-    benchmark:
-        "benchmarks/attribute/{dataset}/{arch}/fold{fold}/{method}.tsv"
-    conda:
-        "../../envs/attribute.yaml"
     script:
         "../scripts/attribute.py"

@@ -13,13 +13,13 @@ wildcard_constraints:
 try:
     from saliency_robustness.registry_check import config_errors
 except ImportError as error:  # library dependencies only inside per-rule conda envs
-    logger.warning(f"Registry names not checked before the run ({error}); jobs check them.")
+    logger.warning(
+        f"Registry names not checked before the run ({error}); jobs check them."
+    )
 else:
     _errors = config_errors(config)
     if _errors:
-        raise ValueError(
-            "Invalid config:\n  " + "\n  ".join(_errors)
-        )
+        raise ValueError("Invalid config:\n  " + "\n  ".join(_errors))
 
 
 DATASETS = config["data"]["datasets"]
@@ -57,7 +57,8 @@ def method_params(wildcards):
 
 def classification_files(wildcards):
     return per_model(
-        "results/evaluation/{dataset}/{arch}/fold{fold}/metrics.parquet", wildcards.dataset
+        "results/evaluation/{dataset}/{arch}/fold{fold}/metrics.parquet",
+        wildcards.dataset,
     )
 
 

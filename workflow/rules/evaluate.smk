@@ -6,17 +6,17 @@ rule evaluate:
     output:
         predictions="results/evaluation/{dataset}/{arch}/fold{fold}/predictions.parquet",
         metrics="results/evaluation/{dataset}/{arch}/fold{fold}/metrics.parquet",
-    params:
-        batch_size=config["evaluate"]["batch_size"],
-        device=config["device"],
-    threads: config["resources"]["evaluate"]["threads"]
-    resources:
-        gpu=config["resources"]["evaluate"]["gpus"],
     log:
         "logs/evaluate/{dataset}/{arch}/fold{fold}.log",
     benchmark:
         "benchmarks/evaluate/{dataset}/{arch}/fold{fold}.tsv"
     conda:
         "../../envs/evaluate.yaml"
+    threads: config["resources"]["evaluate"]["threads"]
+    resources:
+        gpu=config["resources"]["evaluate"]["gpus"],
+    params:
+        batch_size=config["evaluate"]["batch_size"],
+        device=config["device"],
     script:
         "../scripts/evaluate.py"

@@ -3,14 +3,14 @@ rule saliency_change:
         "results/saliency/{dataset}/{arch}/fold{fold}/{method}.parquet",
     output:
         "results/metrics/saliency_change/{dataset}/{arch}/fold{fold}/{method}.parquet",
-    params:
-        top_k_percent=config["metrics"]["top_k_percent"],
     log:
         "logs/saliency_change/{dataset}/{arch}/fold{fold}/{method}.log",
     benchmark:
         "benchmarks/saliency_change/{dataset}/{arch}/fold{fold}/{method}.tsv"
     conda:
         "../../envs/metrics.yaml"
+    params:
+        top_k_percent=config["metrics"]["top_k_percent"],
     script:
         "../scripts/saliency_change.py"
 

@@ -10,14 +10,14 @@ rule perturb:
             subcategory="{dataset}",
             labels={"dataset": "{dataset}", "perturbation": "{perturbation}"},
         ),
-    params:
-        severities=config["perturb"]["severities"],
-        seed=config["seed"],
     log:
         "logs/perturb/{dataset}/{perturbation}.log",
     benchmark:
         "benchmarks/perturb/{dataset}/{perturbation}.tsv"
     conda:
         "../../envs/perturb.yaml"
+    params:
+        severities=config["perturb"]["severities"],
+        seed=config["seed"],
     script:
         "../scripts/perturb.py"

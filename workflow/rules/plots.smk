@@ -8,14 +8,14 @@ rule plot_training_curves:
             category="Training",
             labels={"dataset": "{dataset}", "figure": "training curves"},
         ),
-    params:
-        dpi=config["plots"]["dpi"],
     log:
         "logs/plots/{dataset}/training_curves.log",
     benchmark:
         "benchmarks/plots/{dataset}/training_curves.tsv"
     conda:
         "../../envs/plots.yaml"
+    params:
+        dpi=config["plots"]["dpi"],
     script:
         "../scripts/plot_training_curves.py"
 
@@ -30,14 +30,14 @@ rule plot_classification_vs_severity:
             category="Classification",
             labels={"dataset": "{dataset}", "figure": "ACC and AUC vs severity"},
         ),
-    params:
-        dpi=config["plots"]["dpi"],
     log:
         "logs/plots/{dataset}/classification_vs_severity.log",
     benchmark:
         "benchmarks/plots/{dataset}/classification_vs_severity.tsv"
     conda:
         "../../envs/plots.yaml"
+    params:
+        dpi=config["plots"]["dpi"],
     script:
         "../scripts/plot_classification_vs_severity.py"
 
@@ -52,14 +52,14 @@ rule plot_saliency_change_vs_severity:
             category="Saliency change",
             labels={"dataset": "{dataset}", "figure": "saliency change vs severity"},
         ),
-    params:
-        dpi=config["plots"]["dpi"],
     log:
         "logs/plots/{dataset}/saliency_change_vs_severity.log",
     benchmark:
         "benchmarks/plots/{dataset}/saliency_change_vs_severity.tsv"
     conda:
         "../../envs/plots.yaml"
+    params:
+        dpi=config["plots"]["dpi"],
     script:
         "../scripts/plot_saliency_change_vs_severity.py"
 
@@ -72,16 +72,19 @@ rule plot_misclassification_detection:
             "results/plots/{dataset}/misclassification_detection.png",
             caption="../report/misclassification_detection.rst",
             category="Saliency change",
-            labels={"dataset": "{dataset}", "figure": "misclassification detection AUROC"},
+            labels={
+                "dataset": "{dataset}",
+                "figure": "misclassification detection AUROC",
+            },
         ),
-    params:
-        dpi=config["plots"]["dpi"],
     log:
         "logs/plots/{dataset}/misclassification_detection.log",
     benchmark:
         "benchmarks/plots/{dataset}/misclassification_detection.tsv"
     conda:
         "../../envs/plots.yaml"
+    params:
+        dpi=config["plots"]["dpi"],
     script:
         "../scripts/plot_misclassification_detection.py"
 
@@ -98,14 +101,14 @@ rule plot_examples:
             category="Saliency maps",
             labels={"dataset": "{dataset}", "arch": "{arch}"},
         ),
-    params:
-        n_images=config["plots"]["example_images"],
-        dpi=config["plots"]["dpi"],
     log:
         "logs/plots/{dataset}/examples_{arch}.log",
     benchmark:
         "benchmarks/plots/{dataset}/examples_{arch}.tsv"
     conda:
         "../../envs/plots.yaml"
+    params:
+        n_images=config["plots"]["example_images"],
+        dpi=config["plots"]["dpi"],
     script:
         "../scripts/plot_examples.py"

@@ -13,7 +13,6 @@ name = snakemake.wildcards.perturbation
 severities = snakemake.params.severities
 clean = load_npz(snakemake.input[0])["test_images"]
 stack = perturb_all_severities(clean, name, severities, seed=snakemake.params.seed)
-with atomic_path(snakemake.output.images) as tmp:
-    with open(tmp, "wb") as handle:
-        np.savez_compressed(handle, images=stack, severities=np.asarray(severities))
+with atomic_path(snakemake.output.images) as tmp, open(tmp, "wb") as handle:
+    np.savez_compressed(handle, images=stack, severities=np.asarray(severities))
 perturbation_preview(clean, stack, severities, name, snakemake.output.preview)

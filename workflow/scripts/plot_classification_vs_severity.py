@@ -6,4 +6,6 @@ from saliency_robustness.logs import log_to_file
 from saliency_robustness.plots import classification_vs_severity
 
 log_to_file(snakemake.log[0])
-classification_vs_severity(pd.read_parquet(snakemake.input[0]), snakemake.output[0], dpi=snakemake.params.dpi)
+classification_vs_severity(
+    pd.read_parquet(snakemake.input[0]), snakemake.output[0], dpi=snakemake.params.dpi
+)

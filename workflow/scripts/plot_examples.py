@@ -2,10 +2,10 @@
 
 import pandas as pd
 
-from saliency_robustness.tables import maps_from_table
 from saliency_robustness.data import load_npz, load_perturbed
 from saliency_robustness.logs import log_to_file
 from saliency_robustness.plots import saliency_examples
+from saliency_robustness.tables import maps_from_table
 
 log_to_file(snakemake.log[0])
 maps = {}
