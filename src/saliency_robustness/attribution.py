@@ -199,58 +199,59 @@ def attribute_clean_and_perturbed(
     rows appear under each perturbation as severity 0. ``keys`` holds dataset/arch/fold.
     """
     labels = np.asarray(labels).reshape(-1).astype(np.int64)
+    spec = get_method(method)
+    n, height, width = clean_images.shape[:3]
+
+    def maps_and_probabilities(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        torch.manual_seed(seed)  # stochastic methods give the same maps for the same config
+        maps = compute_maps(model, images, targets, method, params, batch_size, device)
+        return maps, predict_proba(model, images, batch_size, device)
+
     clean_probs = predict_proba(model, clean_images, batch_size, device)
     targets = clean_probs.argmax(axis=1) if target == "predicted" else labels
-    spec = get_method(method)
-    levels = [("clean", 0, clean_images)] + [
+    levels = [
         (name, int(severity), stack[i])
         for name, (severities, stack) in perturbed.items()
         for i, severity in enumerate(severities)
     ]
-    height, width = clean_images.shape[1:3]
-    n_classes = clean_probs.shape[1]
-    clean_maps = None
-    batches = []
-    for name, severity, images in tqdm(levels, desc=f"{method}", unit="set", disable=not progress):
-        torch.manual_seed(seed)  # stochastic methods give the same maps for the same config
-        maps = compute_maps(model, images, targets, method, params, batch_size, device)
-        probs = clean_probs if severity == 0 else predict_proba(model, images, batch_size, device)
-        if severity == 0:
-            clean_maps, clean_level_probs = maps, probs
-            continue
-        batches.append((name, severity, maps, probs))
-        log.info("%s %s severity %d: %d maps", method, name, severity, len(maps))
-    names = list(perturbed) or ["none"]
-    rows = [(n, 0, clean_maps, clean_level_probs) for n in names]
+    clean = maps_and_probabilities(clean_images)
     frames = []
-    for name, severity, maps, probs in sorted(
-        rows + batches, key=lambda r: (names.index(r[0]), r[1])
-    ):
-        n = len(maps)
-        frames.append(
-            pd.DataFrame(
-                {
-                    "dataset": keys["dataset"],
-                    "arch": keys["arch"],
-                    "fold": int(keys["fold"]),
-                    "method": method,
-                    "perturbation": name,
-                    "severity": severity,
-                    "image_index": np.arange(n),
-                    "label": labels,
-                    "target": targets,
-                    "predicted": probs.argmax(axis=1),
-                    "target_probability": probs[np.arange(n), targets],
-                    "probabilities": list(probs.astype(np.float32)),
-                    "height": height,
-                    "width": width,
-                    "signed": spec.signed,
-                    "is_constant": is_constant(maps),
-                    "saliency": list(maps.reshape(n, -1)),
-                }
-            )
-        )
-    schema = saliency_schema(height, width, n_classes)
-    return pa.Table.from_pandas(
-        pd.concat(frames, ignore_index=True), schema=schema, preserve_index=False
+    for name, severity, images in tqdm(levels, desc=method, unit="set", disable=not progress):
+        if not frames or frames[-1]["perturbation"].iloc[0] != name:
+            frames.append(_rows(name, 0, targets, *clean))  # clean rows head each perturbation
+        frames.append(_rows(name, severity, targets, *maps_and_probabilities(images)))
+        log.info("%s %s severity %d: %d maps", method, name, severity, n)
+    if not frames:
+        frames.append(_rows("none", 0, targets, *clean))
+    table = pd.concat(frames, ignore_index=True).assign(
+        dataset=keys["dataset"],
+        arch=keys["arch"],
+        fold=int(keys["fold"]),
+        method=method,
+        label=np.tile(labels, len(frames)),
+        target=np.tile(targets, len(frames)),
+        height=height,
+        width=width,
+        signed=spec.signed,
+    )
+    schema = saliency_schema(height, width, clean_probs.shape[1])
+    return pa.Table.from_pandas(table[schema.names], schema=schema, preserve_index=False)
+
+
+def _rows(
+    perturbation: str, severity: int, targets: np.ndarray, maps: np.ndarray, probs: np.ndarray
+) -> pd.DataFrame:
+    """Per-image columns that vary with the perturbation level (see ``saliency_schema``)."""
+    n = len(maps)
+    return pd.DataFrame(
+        {
+            "perturbation": perturbation,
+            "severity": severity,
+            "image_index": np.arange(n),
+            "predicted": probs.argmax(axis=1),
+            "target_probability": probs[np.arange(n), targets],
+            "probabilities": list(probs.astype(np.float32)),
+            "is_constant": is_constant(maps),
+            "saliency": list(maps.reshape(n, -1)),
+        }
     )

@@ -17,6 +17,12 @@ import seaborn as sns  # noqa: E402
 from saliency_robustness.tables import atomic_path  # noqa: E402
 
 
+def _short_titles(grid: sns.FacetGrid) -> sns.FacetGrid:
+    """Facet titles without 'name = ' prefixes, which overlap in narrow panels."""
+    grid.set_titles(row_template="{row_name}", col_template="{col_name}")
+    return grid
+
+
 def _save(figure, path: str | os.PathLike, dpi: int = 120) -> None:
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
@@ -73,7 +79,7 @@ def training_curves(history: pd.DataFrame, path: str | os.PathLike, dpi: int = 1
         height=2.4,
         palette="tab10",
     )
-    _save(grid.figure, path, dpi)
+    _save(_short_titles(grid).figure, path, dpi)
 
 
 def classification_vs_severity(
@@ -97,7 +103,7 @@ def classification_vs_severity(
         errorbar="sd",
         height=2.6,
     )
-    _save(grid.figure, path, dpi)
+    _save(_short_titles(grid).figure, path, dpi)
 
 
 def saliency_change_vs_severity(
@@ -123,7 +129,7 @@ def saliency_change_vs_severity(
         height=2.2,
         facet_kws={"sharey": "col"},
     )
-    _save(grid.figure, path, dpi)
+    _save(_short_titles(grid).figure, path, dpi)
 
 
 def misclassification_detection(
@@ -152,7 +158,7 @@ def misclassification_detection(
         ax.axhline(0.5, color="gray", linestyle="--", linewidth=0.8)
         ax.set_ylim(0, 1)
         ax.tick_params(axis="x", rotation=30)
-    _save(grid.figure, path, dpi)
+    _save(_short_titles(grid).figure, path, dpi)
 
 
 def saliency_examples(

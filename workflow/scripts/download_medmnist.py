@@ -8,5 +8,5 @@ download(
     snakemake.wildcards.dataset,
     int(snakemake.wildcards.size),
     snakemake.output[0],
-    mirror=snakemake.params.mirror,
+    mirror=snakemake.config["mirror"],
 )
