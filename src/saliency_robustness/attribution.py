@@ -52,7 +52,7 @@ def _integrated_gradients(
     inputs: torch.Tensor,
     targets: torch.Tensor,
     n_steps: int = 50,
-    internal_batch_size: int = 512,
+    internal_batch_size: int = 256,
 ) -> torch.Tensor:
     from captum.attr import IntegratedGradients
 
@@ -83,7 +83,7 @@ METHODS: dict[str, SaliencyMethod] = {
         library="captum",
         signed=True,
         compute=_integrated_gradients,
-        defaults={"n_steps": 50, "internal_batch_size": 512},
+        defaults={"n_steps": 50, "internal_batch_size": 256},
     ),
     "gradcam": SaliencyMethod(
         library="pytorch-grad-cam", signed=False, compute=_gradcam, uses_cam_layer=True
