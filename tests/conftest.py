@@ -47,11 +47,15 @@ def mirror_url(shared_medmnist: Path) -> Iterator[str]:
 
 
 def snakemake(
-    workdir: Path, *args: str, presets: tuple[str, ...] = ("tiny",)
+    workdir: Path, *args: str, presets: tuple[str | Path, ...] = ("tiny",)
 ) -> subprocess.CompletedProcess:
-    """Run the real workflow in ``workdir`` with the default config plus presets."""
+    """Run the real workflow in ``workdir`` with the default config plus presets
+    (names in config/presets/, or paths of extra config files)."""
     files = [str(REPO / "config" / "config.yaml")]
-    files += [str(REPO / "config" / "presets" / f"{name}.yaml") for name in presets]
+    files += [
+        str(name if isinstance(name, Path) else REPO / "config" / "presets" / f"{name}.yaml")
+        for name in presets
+    ]
     command = [
         sys.executable, "-m", "snakemake",
         "--snakefile", str(REPO / "Snakefile"),

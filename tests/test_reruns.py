@@ -1,0 +1,71 @@
+"""Partial reruns rerun only what changed: dry runs against a complete tiny run."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import pytest
+import yaml
+
+from conftest import REPO, snakemake
+
+pytestmark = pytest.mark.workflow
+
+TINY = yaml.safe_load((REPO / "config" / "presets" / "tiny.yaml").read_text())
+K = TINY["folds"]["k"]
+N_PERTURBATIONS = len(TINY["perturb"]["perturbations"])
+N_METHODS = len(TINY["attribute"]["methods"])
+
+
+def planned_jobs(workdir, *args, edit: dict | None = None, tmp_path=None) -> Counter:
+    """Jobs a dry run would execute, by rule (Snakemake's 'Job stats' table)."""
+    presets = ["tiny"]
+    if edit:
+        override = tmp_path / "edit.yaml"
+        override.write_text(yaml.safe_dump(edit))
+        presets.append(override)
+    result = snakemake(workdir, "--dry-run", *args, presets=tuple(presets))
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = result.stdout + result.stderr
+    if "Job stats:" not in text:
+        assert "Nothing to be done" in text, text[-3000:]
+        return Counter()
+    table = text.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    jobs = Counter()
+    for line in table.splitlines():
+        match = re.fullmatch(r"(\w+)\s+(\d+)", line.strip())
+        if match and match[1] != "total":
+            jobs[match[1]] = int(match[2])
+    print(dict(jobs))  # the closing note quotes these lists
+    return jobs
+
+
+def test_complete_run_has_nothing_to_do(tiny_run):
+    assert planned_jobs(tiny_run) == Counter()
+
+
+def test_until_train_stops_after_training(tmp_path):
+    jobs = planned_jobs(tmp_path, "--until", "train")
+    assert jobs == Counter({"download_medmnist": 1, "folds": 1, "train": K})
+
+
+def test_forcerun_perturb_keeps_models(tiny_run):
+    jobs = planned_jobs(tiny_run, "--forcerun", "perturb")
+    assert not {"download_medmnist", "folds", "train"} & set(jobs)
+    assert jobs["perturb"] == N_PERTURBATIONS
+    assert jobs["evaluate"] == K and jobs["attribute"] == K * N_METHODS
+
+
+def test_editing_plot_settings_reruns_only_plots(tiny_run, tmp_path):
+    jobs = planned_jobs(tiny_run, edit={"plots": {"dpi": 61}}, tmp_path=tmp_path)
+    assert jobs["plot_training_curves"] == 1
+    assert all(rule.startswith("plot_") or rule == "all" for rule in jobs), jobs
+
+
+def test_editing_one_method_reruns_only_that_method(tiny_run, tmp_path):
+    params = {"integrated_gradients": {"n_steps": 9, "internal_batch_size": 64}}
+    jobs = planned_jobs(tiny_run, edit={"attribute": {"params": params}}, tmp_path=tmp_path)
+    assert jobs["attribute"] == K  # integrated_gradients only, one job per fold
+    assert jobs["saliency_change"] == K
+    assert not {"download_medmnist", "folds", "train", "evaluate", "perturb"} & set(jobs)

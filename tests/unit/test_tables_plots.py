@@ -1,0 +1,234 @@
+"""Atomic Parquet I/O and every figure, from small hand-made tables."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from saliency_robustness import plots
+from saliency_robustness.metrics import misclassification_detection, summarise_change
+from saliency_robustness.tables import atomic_path, maps_from_table, read_parquet, write_parquet
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def files_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+# --- atomic writes and Parquet ----------------------------------------------------------------
+
+
+def test_atomic_path_exception_leaves_nothing(tmp_path):
+    target = tmp_path / "out" / "table.parquet"
+    with pytest.raises(RuntimeError, match="boom"), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half written")
+        raise RuntimeError("boom")
+    assert files_in(target.parent) == []
+
+
+def test_atomic_path_exception_keeps_the_previous_file(tmp_path):
+    target = tmp_path / "table.parquet"
+    write_parquet(pd.DataFrame({"x": [1, 2]}), target)
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"garbage")
+        raise RuntimeError("crash while writing")
+    assert read_parquet(target)["x"].tolist() == [1, 2]
+    assert files_in(tmp_path) == ["table.parquet"]
+
+
+def test_write_parquet_failure_inside_the_write_leaves_nothing(tmp_path):
+    target = tmp_path / "out" / "table.parquet"
+    with pytest.raises((TypeError, AttributeError, pa.ArrowException)):
+        write_parquet({"not": "a table"}, target)  # fails inside pq.write_table
+    assert files_in(target.parent) == []
+
+
+def test_write_parquet_round_trip_keeps_types_and_leaves_no_temp_file(tmp_path):
+    frame = pd.DataFrame(
+        {
+            "perturbation": ["gaussian_noise", "contrast"],
+            "severity": np.array([0, 5], dtype=np.int8),
+            "wrong": [True, False],
+            "probabilities": [np.array([0.2, 0.8], np.float32), np.array([1.0, 0.0], np.float32)],
+        }
+    )
+    path = tmp_path / "nested" / "table.parquet"
+    write_parquet(frame, path)
+    assert files_in(path.parent) == ["table.parquet"]
+    back = read_parquet(path)
+    assert back["severity"].dtype == np.int8
+    assert back["wrong"].dtype == bool
+    assert back["perturbation"].tolist() == ["gaussian_noise", "contrast"]
+    np.testing.assert_array_equal(np.stack(back["probabilities"]), np.stack(frame["probabilities"]))
+
+
+def test_atomic_writes_get_the_same_permissions_as_ordinary_files(tmp_path):
+    """Outputs in a shared project folder must be readable by the group like any other file
+    the user creates (the umask decides), not private to the user."""
+    ordinary = tmp_path / "ordinary.txt"
+    ordinary.write_text("x")
+    target = tmp_path / "table.parquet"
+    write_parquet(pd.DataFrame({"x": [1]}), target)
+    expected = stat.S_IMODE(ordinary.stat().st_mode)
+    assert oct(stat.S_IMODE(target.stat().st_mode)) == oct(expected)
+
+
+def test_write_parquet_accepts_arrow_tables(tmp_path):
+    table = pa.table({"a": pa.array([1, 2, 3], pa.int16())})
+    write_parquet(table, tmp_path / "t.parquet")
+    assert read_parquet(tmp_path / "t.parquet")["a"].dtype == np.int16
+
+
+def test_read_parquet_concatenates_a_list(tmp_path):
+    write_parquet(pd.DataFrame({"fold": [0, 0], "v": [1.0, 2.0]}), tmp_path / "a.parquet")
+    write_parquet(pd.DataFrame({"fold": [1], "v": [3.0]}), tmp_path / "b.parquet")
+    both = read_parquet([tmp_path / "a.parquet", str(tmp_path / "b.parquet")])
+    assert both["fold"].tolist() == [0, 0, 1]
+    assert both.index.tolist() == [0, 1, 2]
+    assert read_parquet([]).empty
+
+
+def test_maps_from_table_restores_map_shape():
+    maps = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    table = pd.DataFrame({"height": [3, 3], "width": [4, 4], "saliency": list(maps.reshape(2, -1))})
+    out = maps_from_table(table)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, maps)
+    assert maps_from_table(table.iloc[:0]).shape == (0, 0, 0)
+
+
+# --- figures ----------------------------------------------------------------------------------
+
+
+def assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data.startswith(PNG_SIGNATURE)
+    assert len(data) > 2000
+    image = matplotlib.image.imread(path)
+    assert image.shape[0] > 50 and image.shape[1] > 50
+    assert image.std() > 0  # something was drawn
+    assert files_in(path.parent) == [path.name]  # no temporary file left beside it
+
+
+@pytest.fixture
+def images() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, size=(3, 28, 28), dtype=np.uint8)
+
+
+def test_perturbation_preview(tmp_path, images):
+    stack = np.stack([images // 2, images // 4])
+    path = tmp_path / "preview.png"
+    plots.perturbation_preview(images, stack, [1, 5], "gaussian_noise", path, n_images=2)
+    assert_png(path)
+
+
+def test_training_curves(tmp_path):
+    history = pd.DataFrame(
+        [
+            {
+                "arch": arch, "fold": fold, "epoch": epoch,
+                "train_loss": 1.0 / epoch, "val_loss": 1.2 / epoch + 0.1 * fold,
+                "val_acc": 0.5 + 0.1 * epoch, "val_auc": 0.6 + 0.05 * epoch,
+                "lr": 1e-3, "seconds": 1.0,
+            }
+            for arch in ("resnet18", "resnet50")
+            for fold in (0, 1)
+            for epoch in (1, 2, 3)
+        ]
+    )  # fmt: skip
+    path = tmp_path / "training_curves.png"
+    plots.training_curves(history, path, dpi=60)
+    assert_png(path)
+
+
+def test_classification_vs_severity(tmp_path):
+    metrics = pd.DataFrame(
+        [
+            {
+                "dataset": "breastmnist", "arch": "resnet18", "fold": fold,
+                "perturbation": name, "severity": severity,
+                "acc": 0.8 - 0.1 * severity + 0.01 * fold, "balanced_acc": 0.7 - 0.1 * severity,
+                "auc": 0.9 - 0.1 * severity, "precision": 0.5, "recall": 0.5, "f1": 0.5,
+            }
+            for fold in (0, 1)
+            for name in ("gaussian_noise", "contrast")
+            for severity in (0, 1, 3)
+        ]
+    ).astype({"severity": "int8"})  # fmt: skip
+    path = tmp_path / "classification.png"
+    plots.classification_vs_severity(metrics, path, dpi=60)
+    assert_png(path)
+
+
+def _change_table() -> pd.DataFrame:
+    rows = []
+    for fold in (0, 1):
+        for method in ("saliency", "gradcam"):
+            for name in ("gaussian_noise", "contrast"):
+                for severity in (1, 3, 5):
+                    for image in range(4):
+                        wrong = image < 1 + severity // 3
+                        rows.append(
+                            {
+                                "dataset": "breastmnist", "arch": "resnet18", "fold": fold,
+                                "method": method, "perturbation": name, "severity": severity,
+                                "image_index": image, "wrong": wrong, "flipped": wrong,
+                                "rmse": 0.05 * severity + 0.3 * wrong,
+                                "ssim": 1 - 0.1 * severity - 0.2 * wrong,
+                                "spearman": 1 - 0.1 * severity - 0.1 * image,
+                                "topk_iou": 1 - 0.15 * severity,
+                                "confidence_drop": 0.02 * severity + 0.4 * wrong,
+                            }
+                        )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_saliency_change_vs_severity_from_a_real_summary(tmp_path):
+    summary = summarise_change(_change_table())
+    path = tmp_path / "saliency_change.png"
+    plots.saliency_change_vs_severity(summary, path, dpi=60)
+    assert_png(path)
+
+
+def test_misclassification_detection_from_real_detection_table(tmp_path):
+    detection = misclassification_detection(_change_table())
+    assert detection["auroc"].notna().any()
+    path = tmp_path / "detection.png"
+    plots.misclassification_detection(detection, path, dpi=60)
+    assert_png(path)
+
+
+def test_misclassification_detection_without_any_auroc_explains(tmp_path):
+    change = _change_table().assign(wrong=False)
+    detection = misclassification_detection(change)
+    path = tmp_path / "detection.png"
+    with pytest.raises(ValueError, match="No AUROC is defined"):
+        plots.misclassification_detection(detection, path)
+    assert files_in(tmp_path) == []
+
+
+def test_saliency_examples(tmp_path, images):
+    perturbed = {
+        "gaussian_noise": ([1, 5], np.stack([images // 2, images // 4])),
+        "contrast": ([3], np.stack([images // 3])),
+    }
+    rng = np.random.default_rng(1)
+    maps = {
+        method: {
+            (name, severity): rng.normal(size=(3, 28, 28)).astype(np.float32)
+            for name, (severities, _) in perturbed.items()
+            for severity in (0, *severities)
+        }
+        for method in ("saliency", "integrated_gradients")
+    }
+    path = tmp_path / "examples.png"
+    plots.saliency_examples(images, perturbed, maps, image_indices=[0, 2], path=path, dpi=60)
+    assert_png(path)
