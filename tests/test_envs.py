@@ -84,7 +84,12 @@ DISTRIBUTIONS = importlib.metadata.packages_distributions()
 
 
 def test_every_rule_has_an_env_and_a_script():
-    assert {name for name, _, _ in RULES} >= {"download_medmnist", "train", "attribute", "summarise"}
+    assert {name for name, _, _ in RULES} >= {
+        "download_medmnist",
+        "train",
+        "attribute",
+        "summarise",
+    }
 
 
 @pytest.mark.parametrize(("rule", "env_file", "script"), RULES, ids=[r[0] for r in RULES])

@@ -69,3 +69,11 @@ def test_editing_one_method_reruns_only_that_method(tiny_run, tmp_path):
     assert jobs["attribute"] == K  # integrated_gradients only, one job per fold
     assert jobs["saliency_change"] == K
     assert not {"download_medmnist", "folds", "train", "evaluate", "perturb"} & set(jobs)
+
+
+def test_editing_one_perturbation_reruns_only_that_perturbation(tiny_run, tmp_path):
+    edit = {"perturb": {"params": {"contrast": {"severity_table": [0.7, 0.5, 0.35, 0.25, 0.15]}}}}
+    jobs = planned_jobs(tiny_run, edit=edit, tmp_path=tmp_path)
+    assert jobs["perturb"] == 1  # contrast only; the other perturbations are kept
+    assert jobs["evaluate"] == K and jobs["attribute"] == K * N_METHODS  # they read every set
+    assert not {"download_medmnist", "folds", "train"} & set(jobs)

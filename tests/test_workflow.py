@@ -35,7 +35,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def test_download_verifies_md5_of_the_real_file(tiny_run, shared_medmnist):
     downloaded = tiny_run / "resources" / "medmnist" / "breastmnist_28.npz"
     assert hashlib.md5(downloaded.read_bytes()).hexdigest() == "750601b1f35ba3300ea97c75c52ff8f6"
-    assert "verified" in (tiny_run / "logs" / "download_medmnist" / "breastmnist_28.log").read_text()
+    assert (
+        "verified" in (tiny_run / "logs" / "download_medmnist" / "breastmnist_28.log").read_text()
+    )
 
 
 def test_folds_cover_train_and_val_once(tiny_run):
@@ -100,7 +102,10 @@ def test_saliency_parquet_schema_and_values(tiny_run):
 
 def test_saliency_change_metrics_within_bounds(tiny_run):
     change = ds.dataset(tiny_run / "results" / "metrics", format="parquet").to_table().to_pandas()
-    assert len(change) == len(FOLDS) * len(METHODS) * len(PERTURBATIONS) * len(SEVERITIES) * N_ATTRIBUTED
+    assert (
+        len(change)
+        == len(FOLDS) * len(METHODS) * len(PERTURBATIONS) * len(SEVERITIES) * N_ATTRIBUTED
+    )
     assert change["rmse"].between(0, 1).all()
     assert change["ssim"].between(-1, 1).all()
     assert change["topk_iou"].between(0, 1).all()
@@ -178,7 +183,9 @@ def test_corrupt_download_fails_with_md5_message_and_leaves_nothing(tmp_path, sh
     workdir = tmp_path / "run"
     workdir.mkdir()
     try:
-        result = snakemake(workdir, "--config", f"mirror={url}", "resources/medmnist/breastmnist_28.npz")
+        result = snakemake(
+            workdir, "--config", f"mirror={url}", "--", "resources/medmnist/breastmnist_28.npz"
+        )
     finally:
         server.shutdown()
     assert result.returncode != 0

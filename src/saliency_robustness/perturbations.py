@@ -90,11 +90,13 @@ def perturb_images(
     severity: int,
     seed: int,
     image_indices: Sequence[int] | None = None,
+    severity_table: Sequence[float] | None = None,
 ) -> np.ndarray:
     """Apply one perturbation at one severity to uint8 images (N, H, W) or (N, H, W, C).
 
     ``image_indices`` are the images' positions in the full test set (default 0..N-1), so
-    a subset gets the same result as the whole set.
+    a subset gets the same result as the whole set. ``severity_table`` (five values)
+    replaces the registry's parameters for severities 1..5.
     """
     if images.dtype != np.uint8:
         raise TypeError(f"Perturbations take uint8 images, got {images.dtype}.")
@@ -103,7 +105,12 @@ def perturb_images(
     if severity not in SEVERITIES:
         raise ValueError(f"Severity must be one of {SEVERITIES}, got {severity}.")
     spec = get_perturbation(name)
-    augmenter = spec.make(spec.severity_table[severity - 1])
+    table = spec.severity_table if severity_table is None else tuple(severity_table)
+    if len(table) != len(SEVERITIES):
+        raise ValueError(
+            f"{name}: severity_table needs {len(SEVERITIES)} values, got {len(table)}."
+        )
+    augmenter = spec.make(table[severity - 1])
     indices = range(len(images)) if image_indices is None else image_indices
     out = np.empty_like(images)
     for position, (image, index) in enumerate(zip(images, indices, strict=True)):
@@ -113,7 +120,13 @@ def perturb_images(
 
 
 def perturb_all_severities(
-    images: np.ndarray, name: str, severities: Sequence[int], seed: int
+    images: np.ndarray,
+    name: str,
+    severities: Sequence[int],
+    seed: int,
+    severity_table: Sequence[float] | None = None,
 ) -> np.ndarray:
     """Stack of perturbed copies, shape (len(severities), *images.shape)."""
-    return np.stack([perturb_images(images, name, s, seed) for s in severities])
+    return np.stack(
+        [perturb_images(images, name, s, seed, severity_table=severity_table) for s in severities]
+    )

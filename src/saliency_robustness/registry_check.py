@@ -24,6 +24,7 @@ def config_errors(config: dict) -> list[str]:
     unknown("data.datasets", config["data"]["datasets"], flags_2d)
     unknown("train.architectures", config["train"]["architectures"], ARCHITECTURES)
     unknown("perturb.perturbations", config["perturb"]["perturbations"], PERTURBATIONS)
+    unknown("perturb.params", list(config["perturb"]["params"]), PERTURBATIONS)
     unknown("attribute.methods", config["attribute"]["methods"], METHODS)
     unknown("attribute.params", list(config["attribute"]["params"]), METHODS)
     k = config["folds"]["k"]

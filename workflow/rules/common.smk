@@ -51,6 +51,10 @@ def per_model(pattern, dataset, **extra):
     return expand(pattern, dataset=dataset, arch=ARCHS, fold=FOLDS, **extra)
 
 
+def perturbation_params(wildcards):
+    return config["perturb"]["params"].get(wildcards.perturbation, {})
+
+
 def method_params(wildcards):
     return config["attribute"]["params"].get(wildcards.method, {})
 

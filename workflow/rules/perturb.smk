@@ -19,5 +19,6 @@ rule perturb:
     params:
         severities=config["perturb"]["severities"],
         seed=config["seed"],
+        overrides=perturbation_params,
     script:
         "../scripts/perturb.py"

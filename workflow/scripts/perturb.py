@@ -12,7 +12,13 @@ log_to_file(snakemake.log[0])
 name = snakemake.wildcards.perturbation
 severities = snakemake.params.severities
 clean = load_npz(snakemake.input[0])["test_images"]
-stack = perturb_all_severities(clean, name, severities, seed=snakemake.params.seed)
+stack = perturb_all_severities(
+    clean,
+    name,
+    severities,
+    seed=snakemake.params.seed,
+    severity_table=snakemake.params.overrides.get("severity_table"),
+)
 with atomic_path(snakemake.output.images) as tmp, open(tmp, "wb") as handle:
     np.savez_compressed(handle, images=stack, severities=np.asarray(severities))
 perturbation_preview(clean, stack, severities, name, snakemake.output.preview)
