@@ -127,6 +127,7 @@ def saliency_change_vs_severity(
         kind="line",
         marker="o",
         height=2.2,
+        aspect=1.4,
         facet_kws={"sharey": "col"},
     )
     _save(_short_titles(grid).figure, path, dpi)
@@ -152,7 +153,7 @@ def misclassification_detection(
         kind="bar",
         errorbar="sd",
         height=2.6,
-        col_wrap=None,
+        aspect=1.3,
     )
     for ax in grid.axes.flat:
         ax.axhline(0.5, color="gray", linestyle="--", linewidth=0.8)

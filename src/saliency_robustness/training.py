@@ -29,6 +29,7 @@ class TrainSettings:
     milestones: tuple[int, ...] = field(default_factory=tuple)
     gamma: float = 0.1
     seed: int = 0
+    mixed_precision: bool = False  # float16 autocast + gradient scaling, CUDA only
 
 
 @dataclass
@@ -74,6 +75,10 @@ def train_classifier(
     y_train = torch.as_tensor(np.asarray(train_labels).reshape(-1), dtype=torch.long)
     y_val = np.asarray(val_labels).reshape(-1)
     generator = torch.Generator().manual_seed(settings.seed)
+    use_amp = settings.mixed_precision and device.type == "cuda"
+    if settings.mixed_precision and not use_amp:
+        log.warning("mixed_precision applies to CUDA only; training in float32 on %s", device)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     n_batches = math.ceil(len(x_train) / settings.batch_size)
 
     history, best_key, best_state, best_epoch, best_val = [], None, None, 0, {}
@@ -88,9 +93,11 @@ def train_classifier(
                 continue  # BatchNorm cannot train on a single image
             inputs, targets = x_train[idx].to(device), y_train[idx].to(device)
             optimiser.zero_grad(set_to_none=True)
-            loss = loss_fn(model(inputs), targets)
-            loss.backward()
-            optimiser.step()
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                loss = loss_fn(model(inputs), targets)
+            scaler.scale(loss).backward()
+            scaler.step(optimiser)
+            scaler.update()
             running += loss.item() * len(idx)
         lr = optimiser.param_groups[0]["lr"]
         scheduler.step()

@@ -86,8 +86,17 @@ CPUS=$(nproc)
 MEM_MB=65536
 GPU_DIR=$STATE/fake-gpu
 mkdir -p "$STATE/slurmctld" "$STATE/slurmd" "$GPU_DIR" "$CONF"
-# Fake GPU "device files": slurmd only stats them (no device cgroup with task/none).
-for ((i = 0; i < GPUS; i++)); do [[ -e $GPU_DIR/nvidia$i ]] || touch "$GPU_DIR/nvidia$i"; done
+# Fake GPU device files: character devices with NVIDIA's major number 195, outside /dev.
+# slurmd only stats them (there is no device cgroup with task/none) but ignores plain files
+# ("not a valid character or block device") and then sets no CUDA_VISIBLE_DEVICES.
+devices_changed=0
+for ((i = 0; i < GPUS; i++)); do
+    if [[ ! -c $GPU_DIR/nvidia$i ]]; then
+        rm -f "$GPU_DIR/nvidia$i"
+        mknod -m 0666 "$GPU_DIR/nvidia$i" c 195 "$i" || die "mknod $GPU_DIR/nvidia$i failed"
+        devices_changed=1
+    fi
+done
 
 new_conf=$(mktemp)
 {
@@ -143,7 +152,7 @@ else
     gres_line="# no GPUs"
 fi
 
-conf_changed=0
+conf_changed=$devices_changed
 if ! cmp -s "$new_conf" "$CONF/slurm.conf"; then
     [[ -f $CONF/slurm.conf && ! -f $CONF/slurm.conf.before-slurm-test ]] &&
         ! grep -q start_slurm.sh "$CONF/slurm.conf" && cp "$CONF/slurm.conf" "$CONF/slurm.conf.before-slurm-test"
@@ -190,7 +199,7 @@ if ! munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; then
     install -d -o munge -g munge -m 0700 /var/lib/munge /var/log/munge /etc/munge
     [[ -s /etc/munge/munge.key ]] || runuser -u munge -- mungekey --create --keyfile /etc/munge/munge.key
     log "starting munged"
-    runuser -u munge -- munged </dev/null >>"$LOGS/munged.out" 2>&1 || die "munged failed to start"
+    runuser -u munge -- munged 9>&- </dev/null >>"$LOGS/munged.out" 2>&1 || die "munged failed to start"
     wait_for 20 munged bash -c 'munge -n </dev/null | unmunge'
     record munged
 fi
@@ -201,7 +210,7 @@ if ! mysqladmin --connect-timeout=2 ping >/dev/null 2>&1; then
     [[ -f $LOGS/mariadb.log ]] || install -o mysql -g mysql -m 0640 /dev/null "$LOGS/mariadb.log"
     log "starting mariadb"
     setsid mysqld_safe --bind-address=127.0.0.1 --skip-syslog --log-error="$LOGS/mariadb.log" \
-        </dev/null >>"$LOGS/mysqld_safe.out" 2>&1 &
+        9>&- </dev/null >>"$LOGS/mysqld_safe.out" 2>&1 &
     wait_for 60 mariadb mysqladmin --connect-timeout=2 ping
     record mariadb
 fi
@@ -212,7 +221,7 @@ mysql -e "CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY '$DB_PASS'
 # slurmdbd
 if ! pid_alive "$RUN/slurmdbd.pid"; then
     log "starting slurmdbd"
-    slurmdbd </dev/null >>"$LOGS/slurmdbd.out" 2>&1 || die "slurmdbd failed to start"
+    slurmdbd 9>&- </dev/null >>"$LOGS/slurmdbd.out" 2>&1 || die "slurmdbd failed to start"
     wait_for 60 slurmdbd sacctmgr -n list cluster
     record slurmdbd
 fi
@@ -241,13 +250,13 @@ if [[ $conf_changed == 1 ]]; then
 fi
 if ! pid_alive "$RUN/slurmctld.pid"; then
     log "starting slurmctld"
-    slurmctld </dev/null >>"$LOGS/slurmctld.out" 2>&1 || die "slurmctld failed to start"
+    slurmctld 9>&- </dev/null >>"$LOGS/slurmctld.out" 2>&1 || die "slurmctld failed to start"
     wait_for 30 slurmctld scontrol ping
     record slurmctld
 fi
 if ! pid_alive "$RUN/slurmd.pid"; then
     log "starting slurmd"
-    slurmd </dev/null >>"$LOGS/slurmd.out" 2>&1 || die "slurmd failed to start"
+    slurmd 9>&- </dev/null >>"$LOGS/slurmd.out" 2>&1 || die "slurmd failed to start"
     record slurmd
 fi
 

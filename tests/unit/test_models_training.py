@@ -158,10 +158,13 @@ def test_trained_fixture_history(trained):
     assert not trained.model.training
 
 
-def _small_run(breast, seed: int):
+def _small_run(breast, seed: int, mixed_precision: bool = False):
     train = (breast["train_images"][:16], breast["train_labels"][:16])
     val = (breast["val_images"][:8], breast["val_labels"][:8])
-    settings = TrainSettings(epochs=2, batch_size=8, milestones=(1,), gamma=0.5, seed=seed)
+    settings = TrainSettings(
+        epochs=2, batch_size=8, milestones=(1,), gamma=0.5, seed=seed,
+        mixed_precision=mixed_precision,
+    )  # fmt: skip
     return train_classifier("resnet18", train, val, 2, settings, torch.device("cpu"))
 
 
@@ -175,6 +178,14 @@ def test_training_with_the_same_seed_is_reproducible_on_cpu(breast):
     # the learning-rate milestone applies after epoch 1
     assert first.history["lr"].tolist() == pytest.approx([1e-3, 5e-4])
     assert first.history["epoch"].tolist() == [1, 2]
+
+
+def test_mixed_precision_on_cpu_warns_and_trains_in_float32(breast, caplog):
+    caplog.set_level("WARNING", logger="saliency_robustness.training")
+    plain, mixed = _small_run(breast, seed=3), _small_run(breast, seed=3, mixed_precision=True)
+    assert "mixed_precision applies to CUDA only" in caplog.text
+    for key, value in plain.model.state_dict().items():
+        assert torch.equal(mixed.model.state_dict()[key], value), key
 
 
 def test_training_with_another_seed_differs(breast):

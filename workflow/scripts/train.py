@@ -25,6 +25,7 @@ settings = TrainSettings(
     milestones=tuple(cfg["milestones"]),
     gamma=cfg["gamma"],
     seed=snakemake.params.seed + fold,
+    mixed_precision=cfg["mixed_precision"],
 )
 device = resolve_device(snakemake.params.device)
 result = train_classifier(
