@@ -36,7 +36,20 @@ USER_NAME=$(id -un)
 log() { printf '[start_slurm] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; for f in "$LOGS"/*.log; do [[ -f $f ]] && { echo "--- $f" >&2; tail -n 15 "$f" >&2; }; done; exit 1; }
 
+cluster_usable() { # up, with our account for this user and our partitions (any user may ask)
+    command -v sinfo >/dev/null 2>&1 || return 1
+    sinfo -h -N -n "$(hostname -s)" -o %T 2>/dev/null | grep -qE '^(idle|mixed|allocated|completing)' || return 1
+    sacct -n -X --starttime now-1minutes >/dev/null 2>&1 || return 1
+    sacctmgr -n -P list assoc user="$USER_NAME" account="$ACCOUNT" format=Account 2>/dev/null |
+        grep -qx "$ACCOUNT" || return 1
+    local p
+    for p in "${PARTITIONS[@]}"; do [[ -n "$(sinfo -h -p "$p" -o %P 2>/dev/null)" ]] || return 1; done
+}
 if [[ $(id -u) -ne 0 ]]; then
+    if cluster_usable; then
+        log "not root, but SLURM is up with account $ACCOUNT and partitions ${PARTITIONS[*]}: using it"
+        exit 0
+    fi
     log "must run as root (installs packages, starts daemons)"; exit 100
 fi
 mkdir -p "$RUN" "$LOGS" "$STATE"
@@ -98,6 +111,23 @@ for ((i = 0; i < GPUS; i++)); do
     fi
 done
 
+# TaskProlog: records the GPU environment SLURM gives each task (batch script and job steps),
+# one file per step in $LOGS/task-env/, so that tests can check CUDA_VISIBLE_DEVICES.
+TASK_ENV=$LOGS/task-env
+mkdir -p "$TASK_ENV"
+cat >"$STATE/task_prolog.sh.new" <<PROLOG
+#!/bin/sh
+step=\${SLURM_STEP_ID:-batch}
+{
+    echo "SLURM_JOB_ID=\$SLURM_JOB_ID"
+    echo "SLURM_STEP_ID=\$step"
+    echo "CUDA_VISIBLE_DEVICES=\${CUDA_VISIBLE_DEVICES-<unset>}"
+    echo "SLURM_JOB_GPUS=\${SLURM_JOB_GPUS-<unset>}"
+} >"$TASK_ENV/\$SLURM_JOB_ID.\$step.env"
+PROLOG
+chmod 0755 "$STATE/task_prolog.sh.new"
+mv "$STATE/task_prolog.sh.new" "$STATE/task_prolog.sh"
+
 new_conf=$(mktemp)
 {
     cat <<EOF
@@ -126,6 +156,7 @@ AccountingStorageEnforce=associations
 AccountingStorageTRES=gres/gpu
 AccountingStoreFlags=job_comment
 JobCompType=jobcomp/none
+TaskProlog=$STATE/task_prolog.sh
 SlurmctldPort=6817
 SlurmdPort=6818
 StateSaveLocation=$STATE/slurmctld

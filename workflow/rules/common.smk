@@ -17,7 +17,8 @@ except ImportError as error:  # library dependencies only inside per-rule conda 
         f"Registry names not checked before the run ({error}); jobs check them."
     )
 else:
-    _errors = config_errors(config)
+    # Only the main process checks: each cluster job parses the Snakefile again.
+    _errors = config_errors(config) if workflow.is_main_process else []
     if _errors:
         raise ValueError("Invalid config:\n  " + "\n  ".join(_errors))
 
