@@ -1,50 +1,347 @@
 """Saliency-method registry and batched attribution of clean and perturbed images.
 
-Each method maps a batch of model inputs and target classes to 2-D maps at input
-resolution. Channel rule: gradient methods sum over input channels (Saliency sums
-absolute gradients, so its maps are non-negative; Integrated Gradients keeps the sign so
-that completeness holds); Grad-CAM maps are pytorch-grad-cam's ReLU'd, min-max scaled
-CAMs upsampled to the input size. Adding a method is one ``SaliencyMethod`` entry.
+Each method maps a batch of model inputs and target classes to 2-D float32 maps at input
+resolution. Every ``SaliencyMethod`` entry records its channel rule (``channel_reduction``)
+and whether its maps keep a sign (``signed``). In short: plain and guided gradients sum
+absolute values over input channels (non-negative maps); Input x Gradient, Integrated
+Gradients, GradientSHAP and DeepLift sum signed attributions over channels (so their
+completeness properties hold); occlusion, LIME and Kernel SHAP attribute regions that span
+every channel, so they take the (equal) channel mean; pytorch-grad-cam's CAMs are ReLU'd,
+min-max scaled and upsampled to the input size; the controls are a Sobel edge map of the
+image and seeded uniform noise. Adding a method is one ``SaliencyMethod`` entry.
+
+Memory is bounded by the attribution batch size and each method's parameters
+(``internal_batch_size``, ``perturbations_per_eval``, ``batch_size``), never by the number
+of steps, samples or perturbations. Stochastic methods
+draw their randomness per image from a seed derived from the run's seed and the image's
+pixels, so a map depends neither on the batch size nor on the image's neighbours, and the
+same configuration gives identical maps.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import functools
+import hashlib
 import logging
-from collections.abc import Callable
+import types
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from saliency_robustness.evaluation import predict_proba
-from saliency_robustness.models import get_layer, images_to_tensor
+from saliency_robustness.models import get_architecture, get_layer, images_to_tensor
 from saliency_robustness.registry import lookup
 
 log = logging.getLogger(__name__)
 
 # Black image in model-input space (images_to_tensor maps 0..255 to -1..1).
 BLACK = -1.0
+# A CAM layer must keep at least this many positions along each side.
+MIN_CAM_SIZE = 4
+# Default CAM layers are searched among the top two levels of the module tree (a ResNet's
+# stages and their blocks), not inside blocks.
+CAM_LAYER_DEPTH = 2
+
+GRADIENT_ABS = "sum of |attribution| over channels"
+SIGNED_SUM = "signed sum over channels"
+CHANNEL_MEAN = "mean over channels (the perturbed region spans every channel, so they are equal)"
+CAM_RULE = (
+    "CAM upsampled (pytorch-grad-cam): ReLU'd, min-max scaled to [0, 1] per image, "
+    "bilinearly resized to the input size"
+)
 
 
 @dataclass(frozen=True)
 class SaliencyMethod:
-    """``compute(model, inputs, targets, **params)`` returns float maps (N, H, W)."""
+    """One saliency method.
+
+    ``compute(model, inputs, targets, **params)`` returns float maps (N, H, W); a
+    ``stochastic`` method also receives ``seeds``, one int per image, and must draw all its
+    randomness from them. ``channel_reduction`` documents how channels become one map.
+    ``signed_by`` (optional) decides ``signed`` from the parameters. ``choices`` lists the
+    allowed values of parameters that take names.
+    """
 
     library: str
     signed: bool
+    channel_reduction: str
     compute: Callable[..., torch.Tensor | np.ndarray]
     defaults: dict = field(default_factory=dict)
     uses_cam_layer: bool = False
+    stochastic: bool = False
+    choices: dict = field(default_factory=dict)
+    signed_by: Callable[[dict], bool] | None = None
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def _int_targets(targets: torch.Tensor) -> list[int]:
+    return [int(t) for t in targets.reshape(-1).tolist()]
+
+
+@contextlib.contextmanager
+def _quiet_captum() -> Iterator[None]:
+    """Silence captum's per-call notices about the hooks it sets and removes."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"\s*Setting (forward|backward)")
+        warnings.filterwarnings("ignore", message=r".*did not already require gradients")
+        yield
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Torch's (CPU and this CUDA device's) and NumPy's global generators seeded with
+    ``seed`` inside the block and restored afterwards (captum samples from them)."""
+    cuda = []
+    if device.type == "cuda":
+        cuda = [device.index if device.index is not None else torch.cuda.current_device()]
+    numpy_state = np.random.get_state()
+    with torch.random.fork_rng(devices=cuda):
+        torch.random.default_generator.manual_seed(seed)
+        if cuda:
+            with torch.cuda.device(cuda[0]):
+                torch.cuda.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            np.random.set_state(numpy_state)
+
+
+def image_seeds(inputs: torch.Tensor, seed: int) -> list[int]:
+    """One seed per image from the run's ``seed`` and the image's values.
+
+    The same image gets the same seed wherever it sits in a batch; two different images
+    (a clean image and its perturbed version) get unrelated seeds.
+    """
+    seeds = []
+    for image in inputs.detach().float().cpu().numpy():
+        digest = hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=8).digest()
+        entropy = [int(seed) % 2**64, int.from_bytes(digest, "little")]
+        seeds.append(int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]) >> 1)
+    return seeds
+
+
+def _to_uint8(inputs: torch.Tensor) -> np.ndarray:
+    """Model inputs (N, C, H, W) in -1..1 back to the uint8 images they came from."""
+    images = ((inputs.detach().float() + 1.0) * 127.5).round().clamp(0, 255)
+    return images.to(torch.uint8).cpu().numpy()
+
+
+# --- the target layer of CAM methods -------------------------------------------------------
+
+
+def _layer_output_sizes(model: nn.Module, input_shape: Sequence[int]) -> list[tuple[str, int, int]]:
+    """(name, height, width) of every submodule in the top ``CAM_LAYER_DEPTH`` levels
+    with a 4-D output, in the order in which the modules finish during one dummy forward
+    pass; modules called more than once (shared activations) are left out, their output
+    is ambiguous."""
+    records: list[tuple[str, int, int]] = []
+    calls: dict[str, int] = {}
+
+    def hook(name: str):
+        def record(_module, _inputs, output) -> None:
+            calls[name] = calls.get(name, 0) + 1
+            if isinstance(output, torch.Tensor) and output.ndim == 4:
+                records.append((name, int(output.shape[-2]), int(output.shape[-1])))
+
+        return record
+
+    handles = [
+        module.register_forward_hook(hook(name))
+        for name, module in model.named_modules()
+        if name and name.count(".") < CAM_LAYER_DEPTH
+    ]
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros((1, *input_shape), device=device))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return [record for record in records if calls[record[0]] == 1]
+
+
+def _first_conv_channels(model: nn.Module) -> int:
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            return module.in_channels
+    raise ValueError("The model has no Conv2d layer; give in_channels explicitly.")
+
+
+def default_cam_layer(
+    model: nn.Module,
+    arch: str | None = None,
+    image_size: int | tuple[int, int] = 28,
+    in_channels: int | None = None,
+    min_size: int = MIN_CAM_SIZE,
+) -> str:
+    """The layer CAM methods use by default: the deepest one with a >= 4x4 output.
+
+    One dummy forward pass at ``image_size`` records the spatial size of every layer's
+    output. The architecture's preferred layer (``models.ARCHITECTURES[arch].cam_layer``)
+    wins when it is at least ``min_size`` positions along each side; otherwise the layers
+    are walked from the deepest (last to finish) to the shallowest and the first with a
+    large enough output is taken. For the ResNets this is ``layer4`` at 28 px (CIFAR stem,
+    4x4) and at 224 px (ImageNet stem, 7x7), and ``layer3`` where ``layer4`` would be
+    smaller than 4x4 (e.g. 96 px with the ImageNet stem).
+    """
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    channels = in_channels if in_channels is not None else _first_conv_channels(model)
+    sizes = _layer_output_sizes(model, (channels, height, width))
+    if arch is not None:
+        preferred = get_architecture(arch).cam_layer
+        for name, h, w in sizes:
+            if name == preferred and min(h, w) >= min_size:
+                return name
+    for name, h, w in reversed(sizes):
+        if min(h, w) >= min_size:
+            return name
+    raise ValueError(
+        f"No layer of the model keeps {min_size}x{min_size} positions at {height}x{width} px; "
+        "set cam_layer explicitly."
+    )
+
+
+def _cam_layer_name(model: nn.Module, inputs: torch.Tensor, cam_layer: str | None) -> str:
+    """``cam_layer`` as given, or the default layer for this input size when it is None."""
+    if cam_layer is None or cam_layer == "auto":
+        return default_cam_layer(model, None, tuple(inputs.shape[-2:]), inputs.shape[1])
+    get_layer(model, cam_layer)  # an unknown name is a KeyError naming the layers
+    return cam_layer
+
+
+# --- a model copy for DeepLift and guided backpropagation -----------------------------------
+
+
+class _PerCall(nn.Module):
+    """Stands in for a non-linear module that a forward pass may call several times
+    (torchvision ResNets reuse one ``nn.ReLU`` per block): call i of a forward pass goes
+    to its own non-in-place copy, so captum's per-module hooks see each use separately.
+    The output is cloned so that two adjacent non-linear modules (ReLU then max-pool)
+    never share a tensor: captum 0.9.0's DeepLift otherwise reads the wrong output
+    gradient for the first of them (captum issue #1104)."""
+
+    def __init__(self, module: nn.Module, n_calls: int) -> None:
+        super().__init__()
+        copies = []
+        for _ in range(max(1, n_calls)):
+            fresh = copy.deepcopy(module)
+            if hasattr(fresh, "inplace"):
+                fresh.inplace = False
+            copies.append(fresh)
+        self.calls = nn.ModuleList(copies)
+        self.index = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        module = self.calls[self.index % len(self.calls)]
+        self.index += 1
+        return module(x).clone()
+
+
+class _PlainMaxPool(nn.Module):
+    """An overlapping max-pool (kernel larger than stride, as in the ImageNet stem) called
+    through the functional API, so that captum leaves it to plain autograd: captum's
+    DeepLift max-pool rule unpools with ``max_unpool``, which drops contributions where
+    windows overlap and breaks summation-to-delta far more than the plain gradient does."""
+
+    def __init__(self, pool: nn.MaxPool2d) -> None:
+        super().__init__()
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.pool
+        return F.max_pool2d(x, p.kernel_size, p.stride, p.padding, p.dilation, p.ceil_mode)
+
+
+def _overlapping(pool: nn.MaxPool2d) -> bool:
+    kernel = nn.modules.utils._pair(pool.kernel_size)
+    stride = nn.modules.utils._pair(pool.stride or pool.kernel_size)
+    return any(k > s for k, s in zip(kernel, stride, strict=True))
+
+
+def unshared_copy(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """A deep copy of ``model`` in which every non-linear module DeepLift hooks is used
+    once per forward pass, not in place, and not adjacent to another one.
+
+    Needed by captum's DeepLift (which raises "A Module ReLU(inplace=True) was detected
+    that does not contain some of the input/output attributes ..." on a torchvision ResNet)
+    and used for guided backpropagation too, so that one rule holds for both. The original
+    model is untouched; the copy computes the same outputs. ``example`` (one input is
+    enough) is run once to count how often each module is called.
+    """
+    from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR
+
+    model = copy.deepcopy(model).eval()
+    counts: dict[str, int] = {}
+
+    def counter(name: str):
+        def count(_module, _inputs) -> None:
+            counts[name] = counts.get(name, 0) + 1
+
+        return count
+
+    handles = [
+        module.register_forward_pre_hook(counter(name))
+        for name, module in model.named_modules()
+        if type(module) in SUPPORTED_NON_LINEAR
+    ]
+    try:
+        with torch.no_grad():
+            model(example[:1].detach())
+    finally:
+        for handle in handles:
+            handle.remove()
+    wrappers = []
+    for name, n_calls in counts.items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        module = getattr(parent, child)
+        if isinstance(module, nn.MaxPool2d) and _overlapping(module):
+            replacement = _PlainMaxPool(module)
+        else:
+            replacement = _PerCall(module, n_calls)
+            wrappers.append(replacement)
+        setattr(parent, child, replacement)
+
+    def restart(_module, _inputs) -> None:
+        for wrapper in wrappers:
+            wrapper.index = 0
+
+    model.register_forward_pre_hook(restart)
+    return model
+
+
+# --- captum: gradients ------------------------------------------------------------------
 
 
 def _saliency(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     from captum.attr import Saliency
 
     return Saliency(model).attribute(inputs, target=targets, abs=True).sum(dim=1)
+
+
+def _input_x_gradient(
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    from captum.attr import InputXGradient
+
+    return InputXGradient(model).attribute(inputs, target=targets).sum(dim=1)
 
 
 def _integrated_gradients(
@@ -61,32 +358,502 @@ def _integrated_gradients(
         inputs,
         baselines=torch.full_like(inputs, BLACK),
         target=targets,
-        n_steps=n_steps,
-        internal_batch_size=internal_batch_size,
+        n_steps=int(n_steps),
+        internal_batch_size=int(internal_batch_size),
     )
     return attributions.sum(dim=1)
 
 
-def _gradcam(
-    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, cam_layer: str
-) -> np.ndarray:
-    from pytorch_grad_cam import GradCAM
+def _gradient_shap(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    seeds: Sequence[int],
+    n_samples: int = 20,
+    stdevs: float = 0.0,
+    n_baselines: int = 8,
+    internal_batch_size: int = 64,
+) -> torch.Tensor:
+    """captum GradientShap per image, its samples in chunks of ``internal_batch_size``
+    (captum has no internal batching for it), averaged with the chunk sizes as weights.
+    Baseline distribution: the black image and ``n_baselines - 1`` images of uniform noise
+    over the input range, drawn from the image's seed like captum's own sampling."""
+    from captum.attr import GradientShap
+
+    explainer = GradientShap(model)
+    chunk = max(1, int(internal_batch_size))
+    maps = []
+    for image, target, seed in zip(inputs, _int_targets(targets), seeds, strict=True):
+        x = image.unsqueeze(0)
+        with _seeded(seed, x.device), _quiet_captum():
+            noise = torch.rand((max(1, int(n_baselines)) - 1, *x.shape[1:]), device=x.device)
+            baselines = torch.cat([torch.full_like(x, BLACK), noise * 2 - 1]).detach()
+            total = torch.zeros_like(x)
+            for start in range(0, int(n_samples), chunk):
+                k = min(chunk, int(n_samples) - start)
+                part = explainer.attribute(
+                    x, baselines=baselines, target=target, n_samples=k, stdevs=float(stdevs)
+                )
+                total = total + part.detach() * k
+        maps.append((total / int(n_samples)).sum(dim=1))
+    return torch.cat(maps)
+
+
+def _deeplift(
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, internal_batch_size: int = 64
+) -> torch.Tensor:
+    """captum DeepLift (rescale rule, black baseline) on ``unshared_copy(model)``; images
+    in chunks of ``internal_batch_size`` (each runs twice that: inputs and baselines)."""
+    from captum.attr import DeepLift
+
+    explainer = DeepLift(unshared_copy(model, inputs))
+    chunk = max(1, int(internal_batch_size))
+    maps = []
+    with _quiet_captum():
+        for start in range(0, len(inputs), chunk):
+            x = inputs[start : start + chunk]
+            attributions = explainer.attribute(
+                x, baselines=torch.full_like(x, BLACK), target=targets[start : start + chunk]
+            )
+            maps.append(attributions.detach().sum(dim=1))
+    return torch.cat(maps)
+
+
+def _guided_backprop(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    from captum.attr import GuidedBackprop
+
+    with _quiet_captum():
+        attributions = GuidedBackprop(unshared_copy(model, inputs)).attribute(
+            inputs, target=targets
+        )
+    return attributions.abs().sum(dim=1)
+
+
+def _guided_gradcam(
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, cam_layer: str | None = None
+) -> torch.Tensor:
+    from captum.attr import GuidedGradCam
+
+    name = _cam_layer_name(model, inputs, cam_layer)
+    unshared = unshared_copy(model, inputs)
+    with _quiet_captum():
+        attributions = GuidedGradCam(unshared, get_layer(unshared, name)).attribute(
+            inputs, target=targets
+        )
+    return attributions.abs().sum(dim=1)
+
+
+def _smoothgrad(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    seeds: Sequence[int],
+    base: str = "saliency",
+    nt_samples: int = 20,
+    stdevs: float = 0.3,
+    n_steps: int = 20,
+    internal_batch_size: int = 64,
+) -> torch.Tensor:
+    """captum NoiseTunnel (smoothgrad: mean attribution over noisy copies) over ``base``,
+    per image with noise from the image's seed. ``internal_batch_size`` bounds the inputs
+    per forward pass (noisy copies, times ``n_steps`` for integrated_gradients)."""
+    from captum.attr import InputXGradient, IntegratedGradients, NoiseTunnel, Saliency
+
+    if base == "saliency":
+        method, kwargs, per_sample = Saliency(model), {"abs": True}, 1
+    elif base == "input_x_gradient":
+        method, kwargs, per_sample = InputXGradient(model), {}, 1
+    elif base == "integrated_gradients":
+        kwargs = {
+            "baselines": BLACK,
+            "n_steps": int(n_steps),
+            "internal_batch_size": int(internal_batch_size),
+        }
+        method, per_sample = IntegratedGradients(model), int(n_steps)
+    else:
+        raise ValueError(f"smoothgrad: unknown base '{base}'; allowed: {SMOOTHGRAD_BASES}.")
+    tunnel = NoiseTunnel(method)
+    batch = max(1, min(int(nt_samples), int(internal_batch_size) // per_sample))
+    maps = []
+    for image, target, seed in zip(inputs, _int_targets(targets), seeds, strict=True):
+        x = image.unsqueeze(0)
+        with _seeded(seed, x.device), _quiet_captum():
+            attributions = tunnel.attribute(
+                x,
+                nt_type="smoothgrad",
+                nt_samples=int(nt_samples),
+                nt_samples_batch_size=batch,
+                stdevs=float(stdevs),
+                target=target,
+                **kwargs,
+            )
+        maps.append(attributions.detach().sum(dim=1))
+    return torch.cat(maps)
+
+
+SMOOTHGRAD_BASES = ("saliency", "input_x_gradient", "integrated_gradients")
+
+
+# --- captum: perturbations ------------------------------------------------------------------
+
+
+def _occlusion(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    window: int | None = None,
+    stride: int | None = None,
+    perturbations_per_eval: int = 8,
+) -> torch.Tensor:
+    """captum Occlusion with a black square of ``window`` px moved by ``stride`` px (None:
+    a seventh of the shorter image side, and half the window). Each forward pass holds
+    ``perturbations_per_eval`` perturbed copies of every image in the batch."""
+    from captum.attr import Occlusion
+
+    channels, height, width = inputs.shape[1:]
+    side = min(height, width)
+    window = int(window) if window is not None else max(1, round(side / 7))
+    stride = int(stride) if stride is not None else max(1, window // 2)
+    with torch.no_grad():
+        attributions = Occlusion(model).attribute(
+            inputs.detach(),
+            sliding_window_shapes=(channels, window, window),
+            strides=(channels, stride, stride),
+            baselines=BLACK,
+            target=targets,
+            perturbations_per_eval=int(perturbations_per_eval),
+        )
+    return attributions.mean(dim=1)
+
+
+def superpixels(
+    inputs: torch.Tensor, n_segments: int = 49, compactness: float = 0.1
+) -> torch.Tensor:
+    """SLIC superpixels (skimage) of each image as captum feature masks (N, C, H, W),
+    segment ids from 0 and shared by all channels. Grayscale images are segmented on
+    their intensity (``channel_axis=None``), colour images in Lab."""
+    from skimage.segmentation import slic
+
+    masks = []
+    for image in _to_uint8(inputs):
+        pixels = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)
+        segments = slic(
+            pixels,
+            n_segments=int(n_segments),
+            compactness=float(compactness),
+            channel_axis=None if image.shape[0] == 1 else -1,
+            start_label=0,
+        )
+        masks.append(np.broadcast_to(segments, image.shape))
+    return torch.as_tensor(np.stack(masks), device=inputs.device).long()
+
+
+def _surrogate(kind: str):
+    def compute(
+        model: nn.Module,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        seeds: Sequence[int],
+        n_samples: int = 128,
+        perturbations_per_eval: int = 64,
+        n_segments: int = 49,
+        compactness: float = 0.1,
+    ) -> torch.Tensor:
+        """captum Lime / KernelShap per image on SLIC superpixels (black when removed),
+        sampling from the image's seed; ``perturbations_per_eval`` samples per forward."""
+        from captum.attr import KernelShap, Lime
+
+        explainer = Lime(model) if kind == "lime" else KernelShap(model)
+        masks = superpixels(inputs, n_segments, compactness)
+        maps = []
+        for image, target, seed, mask in zip(
+            inputs.detach(), _int_targets(targets), seeds, masks, strict=True
+        ):
+            with _seeded(seed, image.device), _quiet_captum():
+                attributions = explainer.attribute(
+                    image.unsqueeze(0),
+                    baselines=BLACK,
+                    target=target,
+                    feature_mask=mask.unsqueeze(0),
+                    n_samples=int(n_samples),
+                    perturbations_per_eval=int(perturbations_per_eval),
+                )
+            maps.append(attributions.detach().float().mean(dim=1))
+        return torch.cat(maps)
+
+    compute.__name__ = f"_{kind}"
+    return compute
+
+
+# --- pytorch-grad-cam -----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _silent_cam_progress() -> Iterator[None]:
+    """ScoreCAM and AblationCAM wrap their loops in ``tqdm.tqdm`` with no option to turn
+    the bars off; swap the ``tqdm`` module they see for one whose bars are disabled."""
+    import tqdm as tqdm_module
+    from pytorch_grad_cam import ablation_cam, score_cam
+
+    silent = types.SimpleNamespace(tqdm=functools.partial(tqdm_module.tqdm, disable=True))
+    modules = (score_cam, ablation_cam)
+    saved = [module.tqdm for module in modules]
+    for module in modules:
+        module.tqdm = silent
+    try:
+        yield
+    finally:
+        for module, original in zip(modules, saved, strict=True):
+            module.tqdm = original
+
+
+def _run_cam(cam_class, model, layer, inputs, targets, setup=None, **init) -> np.ndarray:
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    with GradCAM(model=model, target_layers=[get_layer(model, cam_layer)]) as cam:
-        return cam(input_tensor=inputs, targets=[ClassifierOutputTarget(int(t)) for t in targets])
+    cam = cam_class(model=model, target_layers=[layer], **init)
+    if setup is not None:
+        setup(cam)
+    try:
+        with _silent_cam_progress():
+            return cam(input_tensor=inputs, targets=[ClassifierOutputTarget(t) for t in targets])
+    finally:
+        # Not ``with cam:``: its __exit__ swallows IndexError and returns None.
+        cam.activations_and_grads.release()
+        model.zero_grad(set_to_none=True)  # the library's backward fills the weights' grads
+
+
+def _cam(class_name: str):
+    def compute(
+        model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, cam_layer: str | None = None
+    ) -> np.ndarray:
+        import pytorch_grad_cam
+
+        layer = get_layer(model, _cam_layer_name(model, inputs, cam_layer))
+        cam_class = getattr(pytorch_grad_cam, class_name)
+        return _run_cam(cam_class, model, layer, inputs, _int_targets(targets))
+
+    compute.__name__ = f"_{class_name}"
+    return compute
+
+
+def _scorecam(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    cam_layer: str | None = None,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """pytorch-grad-cam ScoreCAM, one image at a time: the library builds every masked
+    copy of its batch at once (images x CAM channels x input size), so memory stays
+    bounded by one image's copies, scored ``batch_size`` per forward pass."""
+    from pytorch_grad_cam import ScoreCAM
+
+    layer = get_layer(model, _cam_layer_name(model, inputs, cam_layer))
+
+    def setup(cam) -> None:
+        cam.batch_size = int(batch_size)
+
+    targets = _int_targets(targets)
+    return np.concatenate(
+        [
+            _run_cam(ScoreCAM, model, layer, inputs[i : i + 1], targets[i : i + 1], setup)
+            for i in range(len(inputs))
+        ]
+    )
+
+
+def _ablationcam(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    cam_layer: str | None = None,
+    batch_size: int = 64,
+    ratio_channels_to_ablate: float = 1.0,
+) -> np.ndarray:
+    """pytorch-grad-cam AblationCAM: ``batch_size`` ablated copies per forward pass."""
+    from pytorch_grad_cam import AblationCAM
+    from pytorch_grad_cam.ablation_layer import AblationLayer
+
+    layer = get_layer(model, _cam_layer_name(model, inputs, cam_layer))
+    return _run_cam(
+        AblationCAM,
+        model,
+        layer,
+        inputs,
+        _int_targets(targets),
+        ablation_layer=AblationLayer(),  # the library's default instance is shared
+        batch_size=int(batch_size),
+        ratio_channels_to_ablate=float(ratio_channels_to_ablate),
+    )
+
+
+# --- controls -------------------------------------------------------------------------------
+
+
+def _sobel(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
+    """skimage.filters.sobel of the uint8 image (skimage scales it to 0..1), per channel,
+    summed over channels; independent of the model and the target."""
+    from skimage.filters import sobel
+
+    maps = [np.sum([sobel(channel) for channel in image], axis=0) for image in _to_uint8(inputs)]
+    return np.asarray(maps, dtype=np.float32).reshape(len(inputs), *inputs.shape[-2:])
+
+
+def _random(
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, seeds: Sequence[int]
+) -> np.ndarray:
+    """Uniform noise in [0, 1) from each image's seed: unrelated maps for a clean image and
+    its perturbed versions, the floor of every map-similarity metric."""
+    shape = tuple(inputs.shape[-2:])
+    maps = [np.random.default_rng(seed).random(shape, dtype=np.float32) for seed in seeds]
+    return np.asarray(maps, dtype=np.float32).reshape(len(inputs), *shape)
 
 
 METHODS: dict[str, SaliencyMethod] = {
-    "saliency": SaliencyMethod(library="captum", signed=False, compute=_saliency),
+    # captum, gradients
+    "saliency": SaliencyMethod(
+        library="captum", signed=False, channel_reduction=GRADIENT_ABS, compute=_saliency
+    ),
+    "input_x_gradient": SaliencyMethod(
+        library="captum", signed=True, channel_reduction=SIGNED_SUM, compute=_input_x_gradient
+    ),
     "integrated_gradients": SaliencyMethod(
         library="captum",
         signed=True,
+        channel_reduction=SIGNED_SUM + " (completeness holds)",
         compute=_integrated_gradients,
         defaults={"n_steps": 50, "internal_batch_size": 256},
     ),
-    "gradcam": SaliencyMethod(
-        library="pytorch-grad-cam", signed=False, compute=_gradcam, uses_cam_layer=True
+    "gradient_shap": SaliencyMethod(
+        library="captum",
+        signed=True,
+        channel_reduction=SIGNED_SUM + " (completeness holds in expectation)",
+        compute=_gradient_shap,
+        defaults={"n_samples": 20, "stdevs": 0.0, "n_baselines": 8, "internal_batch_size": 64},
+        stochastic=True,
+    ),
+    "deeplift": SaliencyMethod(
+        library="captum",
+        signed=True,
+        channel_reduction=(
+            SIGNED_SUM + " (summation-to-delta holds; approximately behind an overlapping "
+            "max-pool such as the ImageNet stem above 64 px)"
+        ),
+        compute=_deeplift,
+        defaults={"internal_batch_size": 64},
+    ),
+    "guided_backprop": SaliencyMethod(
+        library="captum", signed=False, channel_reduction=GRADIENT_ABS, compute=_guided_backprop
+    ),
+    "guided_gradcam": SaliencyMethod(
+        library="captum",
+        signed=False,
+        channel_reduction=GRADIENT_ABS + " (guided backprop x nearest-upsampled Grad-CAM)",
+        compute=_guided_gradcam,
+        uses_cam_layer=True,
+    ),
+    "smoothgrad": SaliencyMethod(
+        library="captum",
+        signed=False,
+        channel_reduction=(
+            "the base method's rule on NoiseTunnel's mean attribution: saliency sums "
+            "|gradient| over channels, input_x_gradient and integrated_gradients sum signed "
+            "values"
+        ),
+        compute=_smoothgrad,
+        defaults={
+            "base": "saliency",
+            "nt_samples": 20,
+            "stdevs": 0.3,
+            "n_steps": 20,
+            "internal_batch_size": 64,
+        },
+        stochastic=True,
+        choices={"base": SMOOTHGRAD_BASES},
+        signed_by=lambda params: params.get("base", "saliency") != "saliency",
+    ),
+    # captum, perturbations
+    "occlusion": SaliencyMethod(
+        library="captum",
+        signed=True,
+        channel_reduction=CHANNEL_MEAN,
+        compute=_occlusion,
+        defaults={"window": None, "stride": None, "perturbations_per_eval": 8},
+    ),
+    "lime": SaliencyMethod(
+        library="captum",
+        signed=True,
+        channel_reduction=CHANNEL_MEAN,
+        compute=_surrogate("lime"),
+        defaults={
+            "n_samples": 128,
+            "perturbations_per_eval": 64,
+            "n_segments": 49,
+            "compactness": 0.1,
+        },
+        stochastic=True,
+    ),
+    "kernel_shap": SaliencyMethod(
+        library="captum",
+        signed=True,
+        channel_reduction=CHANNEL_MEAN,
+        compute=_surrogate("kernel_shap"),
+        defaults={
+            "n_samples": 128,
+            "perturbations_per_eval": 64,
+            "n_segments": 49,
+            "compactness": 0.1,
+        },
+        stochastic=True,
+    ),
+    # pytorch-grad-cam
+    **{
+        name: SaliencyMethod(
+            library="pytorch-grad-cam",
+            signed=False,
+            channel_reduction=CAM_RULE,
+            compute=_cam(class_name),
+            uses_cam_layer=True,
+        )
+        for name, class_name in [
+            ("gradcam", "GradCAM"),
+            ("gradcam_plus_plus", "GradCAMPlusPlus"),
+            ("hirescam", "HiResCAM"),
+            ("xgradcam", "XGradCAM"),
+            ("layercam", "LayerCAM"),
+            ("eigencam", "EigenCAM"),
+            ("eigengradcam", "EigenGradCAM"),
+        ]
+    },
+    "scorecam": SaliencyMethod(
+        library="pytorch-grad-cam",
+        signed=False,
+        channel_reduction=CAM_RULE,
+        compute=_scorecam,
+        defaults={"batch_size": 64},
+        uses_cam_layer=True,
+    ),
+    "ablationcam": SaliencyMethod(
+        library="pytorch-grad-cam",
+        signed=False,
+        channel_reduction=CAM_RULE,
+        compute=_ablationcam,
+        defaults={"batch_size": 64, "ratio_channels_to_ablate": 1.0},
+        uses_cam_layer=True,
+    ),
+    # controls
+    "sobel": SaliencyMethod(
+        library="control",
+        signed=False,
+        channel_reduction="skimage.filters.sobel of each channel (0..1 intensity), summed",
+        compute=_sobel,
+    ),
+    "random": SaliencyMethod(
+        library="control",
+        signed=False,
+        channel_reduction="none: uniform noise in [0, 1), one map per image",
+        compute=_random,
+        stochastic=True,
     ),
 }
 
@@ -95,8 +862,13 @@ def get_method(name: str) -> SaliencyMethod:
     return lookup(METHODS, name, "saliency method")
 
 
-def method_params(name: str, params: dict | None, cam_layer: str | None) -> dict:
-    """Defaults merged with the config's parameters; unknown keys are an error."""
+def method_params(name: str, params: dict | None, cam_layer: str | None = None) -> dict:
+    """Defaults merged with the config's parameters; unknown keys are an error.
+
+    ``cam_layer`` is the default target layer of CAM methods (e.g. from
+    ``default_cam_layer``); None lets each batch pick ``default_cam_layer`` for its own
+    input size. ``attribute.params.<method>.cam_layer`` overrides both.
+    """
     method = get_method(name)
     params = dict(params or {})
     allowed = set(method.defaults) | ({"cam_layer"} if method.uses_cam_layer else set())
@@ -106,10 +878,24 @@ def method_params(name: str, params: dict | None, cam_layer: str | None) -> dict
             f"attribute.params.{name}: unknown keys {sorted(extra)}; "
             f"allowed: {sorted(allowed) or 'none'}."
         )
+    for key, valid in method.choices.items():
+        if key in params and params[key] not in valid:
+            raise ValueError(
+                f"attribute.params.{name}.{key}: unknown value {params[key]!r}; "
+                f"allowed: {', '.join(valid)}."
+            )
     merged = {**method.defaults, **params}
     if method.uses_cam_layer:
         merged.setdefault("cam_layer", cam_layer)
     return merged
+
+
+def is_signed(name: str, params: dict | None = None) -> bool:
+    """Whether ``name``'s maps keep a sign with these parameters (the ``signed`` column)."""
+    method = get_method(name)
+    if method.signed_by is not None:
+        return bool(method.signed_by({**method.defaults, **(params or {})}))
+    return method.signed
 
 
 def compute_maps(
@@ -120,16 +906,25 @@ def compute_maps(
     params: dict,
     batch_size: int,
     device: torch.device | str = "cpu",
+    seed: int | None = None,
 ) -> np.ndarray:
-    """Saliency maps (N, H, W) float32 for uint8 images, in batches of ``batch_size``."""
+    """Saliency maps (N, H, W) float32 for uint8 images, in batches of ``batch_size``.
+
+    Stochastic methods draw per image from ``image_seeds(inputs, seed)``; with ``seed``
+    None the seed is drawn from torch's global generator (so ``torch.manual_seed`` before
+    the call fixes the maps). Maps do not depend on ``batch_size``.
+    """
     spec = get_method(method)
     model.eval()
+    if spec.stochastic and seed is None:
+        seed = int(torch.randint(0, 2**62, ()).item())
     maps = []
     for start in range(0, len(images), batch_size):
         inputs = images_to_tensor(images[start : start + batch_size]).to(device)
         inputs.requires_grad_(True)
         batch_targets = torch.as_tensor(targets[start : start + batch_size], device=device).long()
-        result = spec.compute(model, inputs, batch_targets, **params)
+        extra = {"seeds": image_seeds(inputs, seed)} if spec.stochastic else {}
+        result = spec.compute(model, inputs, batch_targets, **extra, **params)
         if isinstance(result, torch.Tensor):
             result = result.detach().float().cpu().numpy()
         maps.append(np.asarray(result, dtype=np.float32))
@@ -145,6 +940,22 @@ def compute_maps(
             "parameters."
         )
     return maps
+
+
+def top_k_targets(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Multi-label targets: the ``k`` highest-scoring classes of every image.
+
+    Returns ``(image_index, target)``, one entry per (image, target), images in order and
+    each image's classes by decreasing score (ties: lower class first). Feed them to
+    ``compute_maps(model, images[image_index], target, ...)``.
+    """
+    scores = np.asarray(scores)
+    if scores.ndim != 2 or not 1 <= k <= scores.shape[1]:
+        raise ValueError(f"top_k_targets: need scores (N, classes) and 1 <= k <= classes, got "
+                         f"{scores.shape} and k={k}.")  # fmt: skip
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    image_index = np.repeat(np.arange(len(scores)), k)
+    return image_index, order.reshape(-1)
 
 
 def is_constant(maps: np.ndarray) -> np.ndarray:
@@ -199,12 +1010,11 @@ def attribute_clean_and_perturbed(
     rows appear under each perturbation as severity 0. ``keys`` holds dataset/arch/fold.
     """
     labels = np.asarray(labels).reshape(-1).astype(np.int64)
-    spec = get_method(method)
     n, height, width = clean_images.shape[:3]
 
     def maps_and_probabilities(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         torch.manual_seed(seed)  # stochastic methods give the same maps for the same config
-        maps = compute_maps(model, images, targets, method, params, batch_size, device)
+        maps = compute_maps(model, images, targets, method, params, batch_size, device, seed)
         return maps, predict_proba(model, images, batch_size, device)
 
     clean_probs = predict_proba(model, clean_images, batch_size, device)
@@ -232,7 +1042,7 @@ def attribute_clean_and_perturbed(
         target=np.tile(targets, len(frames)),
         height=height,
         width=width,
-        signed=spec.signed,
+        signed=is_signed(method, params),
     )
     schema = saliency_schema(height, width, clean_probs.shape[1])
     return pa.Table.from_pandas(table[schema.names], schema=schema, preserve_index=False)

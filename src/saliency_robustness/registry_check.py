@@ -7,7 +7,7 @@ def config_errors(config: dict) -> list[str]:
     """Every problem with registry names and cross-key constraints, one message each."""
     from medmnist import INFO
 
-    from saliency_robustness.attribution import METHODS
+    from saliency_robustness.attribution import METHODS, method_params
     from saliency_robustness.models import ARCHITECTURES
     from saliency_robustness.perturbations import PERTURBATIONS
 
@@ -27,6 +27,12 @@ def config_errors(config: dict) -> list[str]:
     unknown("perturb.params", list(config["perturb"]["params"]), PERTURBATIONS)
     unknown("attribute.methods", config["attribute"]["methods"], METHODS)
     unknown("attribute.params", list(config["attribute"]["params"]), METHODS)
+    for name, params in config["attribute"]["params"].items():
+        if name in METHODS:
+            try:
+                method_params(name, params)
+            except ValueError as error:
+                errors.append(str(error))
     k = config["folds"]["k"]
     for fold in config["folds"]["run"] or []:
         if fold >= k:

@@ -334,6 +334,7 @@ def test_results_equal_a_local_run(slurm_run, tiny_run):
             assert actual == expected, local
         compared += 1
     assert compared >= 30  # perturbed, models, evaluation, saliency, metrics, summaries
+
     def pngs(run: Path) -> set[Path]:
         return {path.relative_to(run) for path in (run / "results").rglob("*.png")}
 

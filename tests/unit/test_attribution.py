@@ -6,24 +6,52 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from captum.attr import DeepLift
+from skimage.filters import sobel
 
 from saliency_robustness.attribution import (
     BLACK,
     METHODS,
     attribute_clean_and_perturbed,
     compute_maps,
+    default_cam_layer,
     is_constant,
+    is_signed,
     method_params,
     saliency_schema,
+    superpixels,
+    top_k_targets,
+    unshared_copy,
 )
 from saliency_robustness.evaluation import predict_proba
-from saliency_robustness.models import get_architecture, images_to_tensor
+from saliency_robustness.models import (
+    ARCHITECTURES,
+    build_model,
+    get_architecture,
+    get_layer,
+    images_to_tensor,
+)
 from saliency_robustness.tables import maps_from_table, read_parquet, write_parquet
 
 NAMES = sorted(METHODS)
+STOCHASTIC = sorted(name for name, method in METHODS.items() if method.stochastic)
 CAM_LAYER = get_architecture("resnet18").cam_layer
-# Fewer integration steps where a test is about shapes and batching, not accuracy.
-FAST = {"integrated_gradients": {"n_steps": 4}}
+# Few steps, samples and windows where a test is about shapes, batching and seeds, not
+# accuracy; chunk sizes below the sample counts so that the chunking runs too.
+FAST = {
+    "integrated_gradients": {"n_steps": 4},
+    "gradient_shap": {"n_samples": 4, "internal_batch_size": 3},
+    "smoothgrad": {"nt_samples": 4, "internal_batch_size": 3},
+    "deeplift": {"internal_batch_size": 3},
+    "occlusion": {"window": 14, "stride": 7, "perturbations_per_eval": 4},
+    "lime": {"n_samples": 8, "perturbations_per_eval": 4},
+    "kernel_shap": {"n_samples": 8, "perturbations_per_eval": 4},
+    # One forward pass per channel of the CAM layer and image: layer1 has the fewest (64).
+    "scorecam": {"cam_layer": "layer1", "batch_size": 64},
+    "ablationcam": {"cam_layer": "layer1", "batch_size": 64},
+}
+# Methods that cost a forward pass per channel of the CAM layer run on fewer images.
+PER_CHANNEL = {"scorecam", "ablationcam"}
 KEYS = {"dataset": "breastmnist", "arch": "resnet18", "fold": 2}
 
 
@@ -43,19 +71,29 @@ def predicted(model, images) -> np.ndarray:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_maps_are_finite_with_input_shape_and_independent_of_batch_size(
-    model, images, predicted, name
+    model, images, predicted, name, capsys
 ):
+    n = 2 if name in PER_CHANNEL else 8
     params = fast_params(name)
-    batched = compute_maps(model, images, predicted, name, params, batch_size=8)
-    single = compute_maps(model, images, predicted, name, params, batch_size=1)
-    assert batched.shape == (8, 28, 28)
+    batched = compute_maps(model, images[:n], predicted[:n], name, params, batch_size=8, seed=3)
+    single = compute_maps(model, images[:n], predicted[:n], name, params, batch_size=1, seed=3)
+    assert batched.shape == (n, 28, 28)
     assert batched.dtype == np.float32
     assert np.isfinite(batched).all()
     scale = np.abs(batched).max()
     assert scale > 0
     np.testing.assert_allclose(single, batched, rtol=1e-4, atol=1e-5 * scale)
-    if not METHODS[name].signed:
+    if not is_signed(name, params):
         assert (batched >= 0).all()
+    assert not is_constant(batched).all()
+    err = capsys.readouterr().err
+    assert "it/s" not in err and "%|" not in err, err  # no progress bars (ScoreCAM, ...)
+
+
+def test_every_method_documents_its_channel_rule():
+    for name, method in METHODS.items():
+        assert method.channel_reduction.strip(), name
+        assert method.library in {"captum", "pytorch-grad-cam", "control"}, name
 
 
 def test_integrated_gradients_completeness(model, images, predicted):
@@ -86,6 +124,56 @@ def test_gradcam_at_the_default_layer_is_not_constant(model, clean_test_images):
     assert (varied.min(axis=(1, 2)) >= 0).all() and (varied.max(axis=(1, 2)) <= 1 + 1e-6).all()
 
 
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_gradcam_at_the_default_layer_is_not_constant_for_every_architecture(
+    arch, model, clean_test_images
+):
+    """The trained ResNet-18 fixture, and an untrained (seeded) model for the others."""
+    images = clean_test_images[:4]
+    if arch == "resnet18":
+        net = model
+    else:
+        torch.manual_seed(0)
+        net = build_model(arch, 1, 2, 28).eval()
+    targets = predict_proba(net, images).argmax(axis=1)
+    params = method_params("gradcam", {}, None)  # None: default_cam_layer per batch
+    maps = compute_maps(net, images, targets, "gradcam", params, batch_size=4)
+    assert maps.shape == (4, 28, 28)
+    assert not is_constant(maps).any()
+
+
+def _output_size(net: torch.nn.Module, layer: str, size: int) -> tuple[int, int]:
+    shapes = []
+    handle = get_layer(net, layer).register_forward_hook(
+        lambda _m, _i, output: shapes.append(tuple(output.shape[-2:]))
+    )
+    with torch.no_grad():
+        net(torch.zeros(1, 1, size, size))
+    handle.remove()
+    return shapes[-1]
+
+
+@pytest.mark.parametrize(
+    ("arch", "size", "expected"),
+    [
+        ("resnet18", 28, "layer4"),  # CIFAR stem: layer4 4x4 (layer3 7x7)
+        ("resnet50", 28, "layer4"),
+        ("resnet18", 64, "layer4"),  # 8x8
+        ("resnet50", 64, "layer4"),
+        ("resnet18", 16, "layer3"),  # layer4 would be 2x2
+        ("resnet18", 96, "layer3"),  # ImageNet stem: layer4 3x3, layer3 6x6
+    ],
+)
+def test_default_cam_layer_keeps_at_least_4x4(arch, size, expected):
+    torch.manual_seed(0)
+    net = build_model(arch, 1, 2, size).eval()
+    for preferred in (arch, None):  # the architecture's layer, or the walk over all layers
+        layer = default_cam_layer(net, preferred, size)
+        assert layer == expected
+        assert min(_output_size(net, layer, size)) >= 4
+    assert not net.training
+
+
 def test_gradcam_rejects_an_unknown_layer(model, images, predicted):
     params = method_params("gradcam", {"cam_layer": "layer9"}, CAM_LAYER)
     with pytest.raises(KeyError, match="layer9"):
@@ -101,6 +189,16 @@ def test_method_params_merges_defaults_and_config():
     assert merged == {**METHODS["integrated_gradients"].defaults, "n_steps": 20}
     assert method_params("gradcam", None, "layer3") == {"cam_layer": "layer3"}
     assert method_params("gradcam", {"cam_layer": "layer2"}, "layer4") == {"cam_layer": "layer2"}
+    assert method_params("scorecam", None) == {**METHODS["scorecam"].defaults, "cam_layer": None}
+
+
+def test_method_params_checks_named_values_and_sign_follows_the_base():
+    with pytest.raises(ValueError, match=r"smoothgrad\.base: unknown value 'occlusion'"):
+        method_params("smoothgrad", {"base": "occlusion"}, None)
+    assert not is_signed("smoothgrad", method_params("smoothgrad", None))
+    for base in ("input_x_gradient", "integrated_gradients"):
+        assert is_signed("smoothgrad", method_params("smoothgrad", {"base": base}))
+    assert is_signed("integrated_gradients") and not is_signed("saliency")
 
 
 @pytest.mark.parametrize(
@@ -120,7 +218,7 @@ def test_method_params_rejects_unknown_keys(name, params):
 
 def test_unknown_method_lists_valid_names():
     with pytest.raises(KeyError) as excinfo:
-        method_params("lime", None, CAM_LAYER)
+        method_params("deconvolution", None, CAM_LAYER)
     for name in NAMES:
         assert name in str(excinfo.value)
 
@@ -251,14 +349,15 @@ def test_true_label_as_target(model, small_set):
 @pytest.mark.parametrize("name", NAMES)
 def test_every_method_builds_a_schema_conform_table(model, small_set, name):
     clean, labels, perturbed = small_set
+    n = 1 if name in PER_CHANNEL else 3
     table = attribute_clean_and_perturbed(
-        model, clean[:3], labels[:3], {"contrast": ([3], perturbed["contrast"][1][:, :3])},
+        model, clean[:n], labels[:n], {"contrast": ([3], perturbed["contrast"][1][:, :n])},
         name, fast_params(name), KEYS, batch_size=3,
     )  # fmt: skip
     assert table.schema.equals(saliency_schema(28, 28, 2))
     frame = table.to_pandas()
-    assert frame["severity"].tolist() == [0, 0, 0, 3, 3, 3]
-    assert set(frame["signed"]) == {METHODS[name].signed}
+    assert frame["severity"].tolist() == [0] * n + [3] * n
+    assert set(frame["signed"]) == {is_signed(name, fast_params(name))}
     assert np.isfinite(maps_from_table(frame)).all()
 
 
@@ -277,3 +376,133 @@ def test_same_configuration_gives_the_same_table(model, small_set, saliency_tabl
         model, clean, labels, perturbed, "saliency", {}, KEYS, batch_size=4
     )
     assert again.equals(saliency_table)
+
+
+# --- DeepLift and guided backpropagation on ResNets ---------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # captum's notices on the direct call
+def test_deeplift_needs_the_unshared_copy_and_sums_to_the_logit_difference(
+    model, images, predicted
+):
+    """torchvision's ResNets call one in-place ReLU twice per block, which captum's DeepLift
+    rejects; on ``unshared_copy`` the attributions sum to logit(x) - logit(black)."""
+    x, targets = images[:2], predicted[:2]
+    inputs = images_to_tensor(x)
+    baselines = torch.full_like(inputs, BLACK)
+    with pytest.raises(RuntimeError, match="used more than once"):
+        DeepLift(model).attribute(inputs, baselines, target=torch.as_tensor(targets))
+    maps = compute_maps(model, x, targets, "deeplift", method_params("deeplift", None), 2)
+    rows = np.arange(len(x))
+    with torch.no_grad():
+        expected = (model(inputs) - model(baselines)).numpy()[rows, targets]
+    assert np.all(np.abs(expected) > 1e-3), expected
+    np.testing.assert_allclose(maps.reshape(2, -1).sum(axis=1), expected, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [28, 72])  # CIFAR stem; ImageNet stem with its max-pool
+def test_unshared_copy_computes_the_same_outputs_and_leaves_the_model_alone(size):
+    torch.manual_seed(0)
+    net = build_model("resnet18", 1, 2, size).eval()
+    x = torch.rand(2, 1, size, size) * 2 - 1
+    before = [type(m).__name__ for m in net.modules()]
+    copy = unshared_copy(net, x)
+    with torch.no_grad():
+        torch.testing.assert_close(copy(x), net(x), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(copy(x), net(x), rtol=1e-5, atol=1e-6)  # counters restart
+    assert [type(m).__name__ for m in net.modules()] == before
+    relus = [m for m in copy.modules() if isinstance(m, torch.nn.ReLU)]
+    assert relus and not any(m.inplace for m in relus)
+    calls = {}
+    hooks = [m.register_forward_hook(lambda m, i, o: calls.__setitem__(m, calls.get(m, 0) + 1))
+             for m in relus]  # fmt: skip
+    with torch.no_grad():
+        copy(x)
+    for hook in hooks:
+        hook.remove()
+    assert set(calls.values()) == {1}  # every ReLU module is used once per forward pass
+
+
+# --- controls -----------------------------------------------------------------------------------
+
+
+def test_sobel_control_is_skimage_sobel_of_the_image(model, clean_test_images):
+    images = clean_test_images[:5]
+    maps = compute_maps(model, images, np.zeros(5, int), "sobel", {}, batch_size=2)
+    expected = np.stack([sobel(image) for image in images]).astype(np.float32)
+    np.testing.assert_array_equal(maps, expected)
+
+
+def test_random_control_is_seeded_and_unrelated_between_clean_and_perturbed(model, images):
+    targets = np.zeros(len(images), int)
+    maps = compute_maps(model, images, targets, "random", {}, batch_size=3, seed=1)
+    assert ((maps >= 0) & (maps < 1)).all()
+    again = compute_maps(model, images, targets, "random", {}, batch_size=8, seed=1)
+    np.testing.assert_array_equal(maps, again)
+    darker = compute_maps(model, images // 2, targets, "random", {}, batch_size=8, seed=1)
+    for a, b in zip(maps, darker, strict=True):
+        assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 0.2
+
+
+# --- seeds ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", STOCHASTIC)
+def test_stochastic_methods_are_fixed_by_the_seed(model, images, predicted, name):
+    x, targets = images[:2], predicted[:2]
+    params = fast_params(name)
+    torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()[1].copy()
+    first = compute_maps(model, x, targets, name, params, batch_size=2, seed=5)
+    # The global generators are neither reseeded nor advanced by an explicit seed.
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    np.testing.assert_array_equal(np.random.get_state()[1], numpy_state)
+    torch.rand(10), np.random.rand(10)  # noqa: B018 - moving the global state changes nothing
+    np.testing.assert_array_equal(
+        compute_maps(model, x, targets, name, params, batch_size=1, seed=5), first
+    )
+    assert not np.array_equal(
+        compute_maps(model, x, targets, name, params, batch_size=2, seed=6), first
+    )
+    torch.manual_seed(5)  # without a seed: fixed by torch.manual_seed, as in the workflow
+    unseeded = compute_maps(model, x, targets, name, params, batch_size=2)
+    torch.manual_seed(5)
+    np.testing.assert_array_equal(
+        compute_maps(model, x, targets, name, params, batch_size=2), unseeded
+    )
+
+
+def test_same_configuration_gives_the_same_table_for_a_stochastic_method(model, small_set):
+    clean, labels, perturbed = small_set
+    args = (model, clean[:2], labels[:2], {"contrast": ([3], perturbed["contrast"][1][:, :2])},
+            "smoothgrad", fast_params("smoothgrad"), KEYS)  # fmt: skip
+    first = attribute_clean_and_perturbed(*args, batch_size=2, seed=7)
+    assert first.equals(attribute_clean_and_perturbed(*args, batch_size=2, seed=7))
+    maps = maps_from_table(first.to_pandas())
+    # Maps do not depend on the batch size (probabilities may, in the last bits).
+    other_batch = attribute_clean_and_perturbed(*args, batch_size=1, seed=7)
+    np.testing.assert_array_equal(maps_from_table(other_batch.to_pandas()), maps)
+
+
+# --- superpixels and targets ------------------------------------------------------------------
+
+
+def test_slic_gives_enough_superpixels_on_real_28px_images(clean_test_images):
+    defaults = METHODS["lime"].defaults
+    assert METHODS["kernel_shap"].defaults["n_segments"] == defaults["n_segments"]
+    masks = superpixels(
+        images_to_tensor(clean_test_images), defaults["n_segments"], defaults["compactness"]
+    ).numpy()
+    assert masks.shape == (len(clean_test_images), 1, 28, 28)
+    counts = np.array([len(np.unique(mask)) for mask in masks])
+    assert counts.min() >= 20, np.sort(counts)[:10]
+    for mask, count in zip(masks, counts, strict=True):  # ids 0..count-1 (start_label=0)
+        assert mask.min() == 0 and mask.max() == count - 1
+
+
+def test_top_k_targets_gives_one_row_per_image_and_target():
+    scores = np.array([[0.1, 0.9, 0.5], [0.7, 0.7, 0.2]])
+    image_index, targets = top_k_targets(scores, 2)
+    assert image_index.tolist() == [0, 0, 1, 1]
+    assert targets.tolist() == [1, 2, 0, 1]  # by decreasing score, ties: lower class first
+    with pytest.raises(ValueError, match="1 <= k"):
+        top_k_targets(scores, 4)

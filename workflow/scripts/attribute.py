@@ -2,10 +2,14 @@
 
 import torch
 
-from saliency_robustness.attribution import attribute_clean_and_perturbed, method_params
+from saliency_robustness.attribution import (
+    attribute_clean_and_perturbed,
+    default_cam_layer,
+    method_params,
+)
 from saliency_robustness.data import dataset_info, load_npz, load_perturbed
 from saliency_robustness.logs import log_to_file
-from saliency_robustness.models import get_architecture, load_model, resolve_device
+from saliency_robustness.models import load_model, resolve_device
 from saliency_robustness.tables import write_parquet
 
 log_to_file(snakemake.log[0])
@@ -24,7 +28,9 @@ model = load_model(
     snakemake.input.model, wc.arch, info.n_channels, info.n_classes, images.shape[1], device
 )
 params = method_params(
-    wc.method, snakemake.params.method_params, get_architecture(wc.arch).cam_layer
+    wc.method,
+    snakemake.params.method_params,
+    default_cam_layer(model, wc.arch, images.shape[1]),
 )
 table = attribute_clean_and_perturbed(
     model,
