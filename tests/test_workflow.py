@@ -202,7 +202,10 @@ def test_corrupt_download_fails_with_md5_message_and_leaves_nothing(tmp_path, sh
         ("attribute={'target': 'random'}", "random"),
         ("train={'architectures': ['resnet99']}", "Valid names: resnet18"),
         ("perturb={'perturbations': ['fog']}", "Valid names: contrast, gaussian_noise"),
-        ("attribute={'methods': ['lrp']}", "Valid names: gradcam, integrated_gradients"),
+        (
+            "attribute={'methods': ['lrp']}",
+            "unknown name 'lrp'. Valid names: ablationcam, deeplift",
+        ),
     ],
 )
 def test_invalid_config_stops_before_any_job(tmp_path, override, message):
