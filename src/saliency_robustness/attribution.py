@@ -709,6 +709,14 @@ def _random(
     return np.asarray(maps, dtype=np.float32).reshape(len(inputs), *shape)
 
 
+# LIME and Kernel SHAP share their sampling and SLIC superpixel settings.
+SURROGATE_DEFAULTS = {
+    "n_samples": 128,
+    "perturbations_per_eval": 64,
+    "n_segments": 49,
+    "compactness": 0.1,
+}
+
 METHODS: dict[str, SaliencyMethod] = {
     # captum, gradients
     "saliency": SaliencyMethod(
@@ -785,12 +793,7 @@ METHODS: dict[str, SaliencyMethod] = {
         signed=True,
         channel_reduction=CHANNEL_MEAN,
         compute=_surrogate("lime"),
-        defaults={
-            "n_samples": 128,
-            "perturbations_per_eval": 64,
-            "n_segments": 49,
-            "compactness": 0.1,
-        },
+        defaults=dict(SURROGATE_DEFAULTS),
         stochastic=True,
     ),
     "kernel_shap": SaliencyMethod(
@@ -798,12 +801,7 @@ METHODS: dict[str, SaliencyMethod] = {
         signed=True,
         channel_reduction=CHANNEL_MEAN,
         compute=_surrogate("kernel_shap"),
-        defaults={
-            "n_samples": 128,
-            "perturbations_per_eval": 64,
-            "n_segments": 49,
-            "compactness": 0.1,
-        },
+        defaults=dict(SURROGATE_DEFAULTS),
         stochastic=True,
     ),
     # pytorch-grad-cam
