@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import http.server
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -78,8 +77,3 @@ def tiny_run(tmp_path_factory, mirror_url: str) -> Path:
     if result.returncode != 0:
         pytest.fail(f"snakemake failed:\n{result.stdout[-5000:]}\n{result.stderr[-10000:]}")
     return workdir
-
-
-def copy_run(source: Path, target: Path) -> Path:
-    shutil.copytree(source, target, symlinks=True)
-    return target

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 import urllib.parse
 import urllib.request
 import zipfile
@@ -166,12 +165,6 @@ def load_npz(path: str | os.PathLike, flag: str = "") -> dict[str, np.ndarray]:
         if arrays[f"{split}_images"].dtype != np.uint8:
             raise DataError(f"{path}: {split}_images must be uint8.")
     return arrays
-
-
-def copy_file(source: str | os.PathLike, target: str | os.PathLike) -> None:
-    """Copy a file atomically."""
-    with atomic_path(target) as tmp:
-        shutil.copyfile(source, tmp)
 
 
 def make_folds(labels: np.ndarray, sources: np.ndarray, k: int, seed: int) -> pd.DataFrame:
