@@ -27,8 +27,12 @@ DATASETS = config["data"]["datasets"]
 SIZE = config["data"]["size"]
 ARCHS = config["train"]["architectures"]
 FOLDS = config["folds"]["run"] or list(range(config["folds"]["k"]))
-PERTURBATIONS = config["perturb"]["perturbations"]
 METHODS = config["attribute"]["methods"]
+
+
+def perturbations_for(dataset):
+    """Perturbation names applied to one dataset's test images."""
+    return config["perturb"]["perturbations"]
 
 
 def dataset_file(wildcards):
@@ -39,7 +43,7 @@ def perturbed_files(wildcards):
     return expand(
         "results/perturbed/{dataset}/{perturbation}.npz",
         dataset=wildcards.dataset,
-        perturbation=PERTURBATIONS,
+        perturbation=perturbations_for(wildcards.dataset),
     )
 
 
@@ -110,7 +114,7 @@ def all_outputs():
         outputs += expand(
             "results/plots/{dataset}/perturbations/{perturbation}.png",
             dataset=dataset,
-            perturbation=PERTURBATIONS,
+            perturbation=perturbations_for(dataset),
         )
         outputs += expand(
             "results/summary/{dataset}/{table}.parquet",
