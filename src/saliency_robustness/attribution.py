@@ -38,7 +38,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from saliency_robustness.evaluation import predict_proba
+from saliency_robustness.evaluation import (
+    MULTI_LABEL_THRESHOLD,
+    multi_label_array,
+    predict_proba,
+)
 from saliency_robustness.models import get_architecture, get_layer, images_to_tensor
 from saliency_robustness.registry import lookup
 
@@ -1000,43 +1004,73 @@ def attribute_clean_and_perturbed(
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    multi_label: bool = False,
+    top_k: int = 1,
 ) -> pa.Table:
     """Maps for clean images and every perturbed version, as one Arrow table.
 
     The target class is fixed per image from the clean image (the model's prediction, or
     the true label with ``target='label'``) and kept for its perturbed versions. Clean
     rows appear under each perturbation as severity 0. ``keys`` holds dataset/arch/fold.
+
+    Multi-label (``multi_label``; labels (N, L) 0/1, sigmoid outputs): each image gets
+    ``top_k`` targets, its ``top_k`` highest-scoring labels on the clean image
+    (``top_k_targets``; with ``target='label'`` the image's present labels rank first), one
+    row per (image, target), the same targets at every severity. ``label`` is then the true
+    presence of the target label and ``predicted`` its predicted presence (sigmoid
+    probability above ``MULTI_LABEL_THRESHOLD``). ``top_k`` is ignored for single-label tasks.
     """
-    labels = np.asarray(labels).reshape(-1).astype(np.int64)
     n, height, width = clean_images.shape[:3]
 
     def maps_and_probabilities(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         torch.manual_seed(seed)  # stochastic methods give the same maps for the same config
-        maps = compute_maps(model, images, targets, method, params, batch_size, device, seed)
-        return maps, predict_proba(model, images, batch_size, device)
+        maps = compute_maps(
+            model, images[image_index], targets, method, params, batch_size, device, seed
+        )
+        probs = predict_proba(model, images, batch_size, device, multi_label)
+        return maps, probs[image_index]
 
-    clean_probs = predict_proba(model, clean_images, batch_size, device)
-    targets = clean_probs.argmax(axis=1) if target == "predicted" else labels
+    clean_probs = predict_proba(model, clean_images, batch_size, device, multi_label)
+    if multi_label:
+        label_matrix = multi_label_array(labels, clean_probs.shape[1])
+        if not 1 <= top_k <= clean_probs.shape[1]:
+            raise ValueError(
+                f"attribute.top_k_targets is {top_k} but the dataset has "
+                f"{clean_probs.shape[1]} labels; set it between 1 and {clean_probs.shape[1]}."
+            )
+        # label: present labels (2 + p) outrank absent ones (p in [0, 1]), then by score
+        ranking = clean_probs if target == "predicted" else 2.0 * label_matrix + clean_probs
+        image_index, targets = top_k_targets(ranking, top_k)
+        row_labels = label_matrix[image_index, targets]
+    else:
+        labels = np.asarray(labels).reshape(-1).astype(np.int64)
+        image_index = np.arange(n)
+        targets = clean_probs.argmax(axis=1) if target == "predicted" else labels
+        row_labels = labels
     levels = [
         (name, int(severity), stack[i])
         for name, (severities, stack) in perturbed.items()
         for i, severity in enumerate(severities)
     ]
     clean = maps_and_probabilities(clean_images)
+
+    def rows(name: str, severity: int, maps: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
+        return _rows(name, severity, image_index, targets, maps, probs, multi_label)
+
     frames = []
     for name, severity, images in tqdm(levels, desc=method, unit="set", disable=not progress):
         if not frames or frames[-1]["perturbation"].iloc[0] != name:
-            frames.append(_rows(name, 0, targets, *clean))  # clean rows head each perturbation
-        frames.append(_rows(name, severity, targets, *maps_and_probabilities(images)))
-        log.info("%s %s severity %d: %d maps", method, name, severity, n)
+            frames.append(rows(name, 0, *clean))  # clean rows head each perturbation
+        frames.append(rows(name, severity, *maps_and_probabilities(images)))
+        log.info("%s %s severity %d: %d maps", method, name, severity, len(targets))
     if not frames:
-        frames.append(_rows("none", 0, targets, *clean))
+        frames.append(rows("none", 0, *clean))
     table = pd.concat(frames, ignore_index=True).assign(
         dataset=keys["dataset"],
         arch=keys["arch"],
         fold=int(keys["fold"]),
         method=method,
-        label=np.tile(labels, len(frames)),
+        label=np.tile(row_labels, len(frames)),
         target=np.tile(targets, len(frames)),
         height=height,
         width=width,
@@ -1047,17 +1081,30 @@ def attribute_clean_and_perturbed(
 
 
 def _rows(
-    perturbation: str, severity: int, targets: np.ndarray, maps: np.ndarray, probs: np.ndarray
+    perturbation: str,
+    severity: int,
+    image_index: np.ndarray,
+    targets: np.ndarray,
+    maps: np.ndarray,
+    probs: np.ndarray,
+    multi_label: bool,
 ) -> pd.DataFrame:
-    """Per-image columns that vary with the perturbation level (see ``saliency_schema``)."""
+    """Per-row columns that vary with the perturbation level (see ``saliency_schema``);
+    one row per (image, target), ``probs`` already expanded to those rows."""
     n = len(maps)
+    target_probability = probs[np.arange(n), targets]
+    predicted = (
+        (target_probability > MULTI_LABEL_THRESHOLD).astype(np.int64)
+        if multi_label
+        else probs.argmax(axis=1)
+    )
     return pd.DataFrame(
         {
             "perturbation": perturbation,
             "severity": severity,
-            "image_index": np.arange(n),
-            "predicted": probs.argmax(axis=1),
-            "target_probability": probs[np.arange(n), targets],
+            "image_index": image_index,
+            "predicted": predicted,
+            "target_probability": target_probability,
             "probabilities": list(probs.astype(np.float32)),
             "is_constant": is_constant(maps),
             "saliency": list(maps.reshape(n, -1)),

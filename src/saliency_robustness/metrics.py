@@ -76,15 +76,33 @@ def top_k_iou(a: np.ndarray, b: np.ndarray, top_k_percent: float) -> np.ndarray:
 
 
 def saliency_change(saliency: pd.DataFrame, top_k_percent: float) -> pd.DataFrame:
-    """Per-image change of map and prediction, clean (severity 0) vs each severity."""
+    """Per-image change of map and prediction, clean (severity 0) vs each severity.
+
+    Clean and perturbed rows are matched on (perturbation, image_index, target), so a
+    multi-label table with several targets per image compares each target's maps. There
+    ``label``/``predicted`` are the target label's true and predicted presence, so ``wrong``
+    and ``flipped`` are per target label, and the confidence drop is that label's sigmoid
+    probability drop.
+    """
     keys = ["dataset", "arch", "fold", "method", "perturbation"]
-    clean = saliency[saliency["severity"] == 0].set_index(["perturbation", "image_index"])
+    join = ["perturbation", "image_index", "target"]
+    clean = saliency[saliency["severity"] == 0].set_index(join)
     perturbed = saliency[saliency["severity"] > 0].reset_index(drop=True)
     if perturbed.empty:
         raise ValueError("The saliency table holds no perturbed images (severity > 0).")
-    reference = clean.loc[
-        list(zip(perturbed["perturbation"], perturbed["image_index"], strict=True))
-    ]
+    if not clean.index.is_unique:
+        raise ValueError(
+            "The saliency table has several clean rows for one (perturbation, image_index, "
+            "target); it mixes runs. Rerun the attribute rule for this model and method."
+        )
+    missing = ~perturbed.set_index(join).index.isin(clean.index)
+    if missing.any():
+        first = perturbed.loc[missing, join].iloc[0].tolist()
+        raise ValueError(
+            f"{int(missing.sum())} perturbed rows have no clean row (first: perturbation, "
+            f"image_index, target = {first}); rerun the attribute rule."
+        )
+    reference = clean.loc[list(zip(*(perturbed[key] for key in join), strict=True))]
     clean_maps = normalise_maps(maps_from_table(reference))
     maps = normalise_maps(maps_from_table(perturbed))
     clean_predicted = reference["predicted"].to_numpy()

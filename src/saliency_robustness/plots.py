@@ -85,7 +85,12 @@ def training_curves(history: pd.DataFrame, path: str | os.PathLike, dpi: int = 1
 def classification_vs_severity(
     metrics: pd.DataFrame, path: str | os.PathLike, dpi: int = 120
 ) -> None:
-    """ACC, balanced ACC and AUC vs severity per perturbation (mean and SD over folds)."""
+    """ACC, balanced ACC and AUC vs severity per perturbation (mean and SD over folds).
+
+    Multi-label tables also hold per-label rows; the figure shows the aggregate (``label``
+    'all': macro AUC, label-wise ACC)."""
+    if "label" in metrics.columns:
+        metrics = metrics[metrics["label"] == "all"]
     long = metrics.melt(
         id_vars=["arch", "fold", "perturbation", "severity"],
         value_vars=["acc", "balanced_acc", "auc"],

@@ -1,4 +1,8 @@
-"""Supervised training with a best-validation-AUC checkpoint (the MedMNIST v2 recipe)."""
+"""Supervised training with a best-validation-AUC checkpoint (the MedMNIST v2 recipe).
+
+Single-label tasks train with softmax cross-entropy; multi-label tasks (``multi_label``) with
+one sigmoid per label and ``BCEWithLogitsLoss``, keeping the epoch of the best macro AUC.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from saliency_robustness.evaluation import classification_metrics, predict_proba
+from saliency_robustness.evaluation import (
+    classification_metrics,
+    multi_label_array,
+    predict_proba,
+)
 from saliency_robustness.models import build_model, images_to_tensor
 
 log = logging.getLogger(__name__)
@@ -47,6 +55,17 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def _validation_loss(probs: np.ndarray, labels: np.ndarray, multi_label: bool) -> float:
+    """The training loss on validation probabilities (clamped away from 0 and 1)."""
+    p = torch.as_tensor(probs)
+    if multi_label:
+        p = p.double().clamp(1e-12, 1 - 1e-12)
+        return float(nn.functional.binary_cross_entropy(p, torch.as_tensor(labels).double()))
+    return float(
+        nn.functional.nll_loss(torch.log(p.clamp_min(1e-12)), torch.as_tensor(labels).long())
+    )
+
+
 def train_classifier(
     arch: str,
     train: tuple[np.ndarray, np.ndarray],
@@ -54,10 +73,14 @@ def train_classifier(
     n_classes: int,
     settings: TrainSettings,
     device: torch.device,
+    multi_label: bool = False,
 ) -> TrainResult:
     """Train ``arch`` on uint8 images; keep the epoch with the best validation AUC.
 
     Ties (and NaN AUC) fall back to validation accuracy, then to the earlier epoch.
+    With ``multi_label`` the labels are (N, ``n_classes``) 0/1 arrays, the loss is
+    ``BCEWithLogitsLoss`` on the logits, and AUC/ACC are the multi-label macro AUC and
+    label-wise accuracy of ``classification_metrics``.
     """
     train_images, train_labels = train
     val_images, val_labels = val
@@ -70,10 +93,16 @@ def train_classifier(
     scheduler = torch.optim.lr_scheduler.MultiStepLR(
         optimiser, milestones=list(settings.milestones), gamma=settings.gamma
     )
-    loss_fn = nn.CrossEntropyLoss()
     x_train = images_to_tensor(train_images)
-    y_train = torch.as_tensor(np.asarray(train_labels).reshape(-1), dtype=torch.long)
-    y_val = np.asarray(val_labels).reshape(-1)
+    if multi_label:
+        # BCE on logits (not sigmoid then BCE): numerically stable for confident outputs.
+        loss_fn: nn.Module = nn.BCEWithLogitsLoss()
+        y_train = torch.as_tensor(multi_label_array(train_labels, n_classes), dtype=torch.float32)
+        y_val = multi_label_array(val_labels, n_classes)
+    else:
+        loss_fn = nn.CrossEntropyLoss()
+        y_train = torch.as_tensor(np.asarray(train_labels).reshape(-1), dtype=torch.long)
+        y_val = np.asarray(val_labels).reshape(-1)
     generator = torch.Generator().manual_seed(settings.seed)
     use_amp = settings.mixed_precision and device.type == "cuda"
     if settings.mixed_precision and not use_amp:
@@ -101,13 +130,9 @@ def train_classifier(
             running += loss.item() * len(idx)
         lr = optimiser.param_groups[0]["lr"]
         scheduler.step()
-        probs = predict_proba(model, val_images, settings.batch_size, device)
-        val_loss = float(
-            nn.functional.nll_loss(
-                torch.log(torch.as_tensor(probs).clamp_min(1e-12)), torch.as_tensor(y_val).long()
-            )
-        )
-        val = classification_metrics(y_val, probs)
+        probs = predict_proba(model, val_images, settings.batch_size, device, multi_label)
+        val_loss = _validation_loss(probs, y_val, multi_label)
+        val = classification_metrics(y_val, probs, multi_label)
         row = {
             "epoch": epoch,
             "train_loss": running / len(x_train),

@@ -8,6 +8,7 @@ from saliency_robustness.attribution import (
     method_params,
 )
 from saliency_robustness.data import dataset_info, load_npz, load_perturbed
+from saliency_robustness.evaluation import is_multi_label
 from saliency_robustness.logs import log_to_file
 from saliency_robustness.models import load_model, resolve_device
 from saliency_robustness.tables import write_parquet
@@ -45,5 +46,7 @@ table = attribute_clean_and_perturbed(
     seed=snakemake.params.seed,
     device=device,
     progress=True,
+    multi_label=is_multi_label(info.task),
+    top_k=snakemake.params.top_k_targets,
 )
 write_parquet(table, snakemake.output[0])

@@ -3,7 +3,7 @@
 import torch
 
 from saliency_robustness.data import dataset_info, load_npz, load_perturbed
-from saliency_robustness.evaluation import evaluate_model
+from saliency_robustness.evaluation import evaluate_model, is_multi_label
 from saliency_robustness.logs import log_to_file
 from saliency_robustness.models import load_model, resolve_device
 from saliency_robustness.tables import write_parquet
@@ -25,6 +25,8 @@ predictions, metrics = evaluate_model(
     load_perturbed(snakemake.input.perturbed),
     snakemake.params.batch_size,
     device,
+    multi_label=is_multi_label(info.task),
+    label_names=list(info.labels.values()),
 )
 keys = {"dataset": wc.dataset, "arch": wc.arch, "fold": int(wc.fold)}
 write_parquet(predictions.assign(**keys), snakemake.output.predictions)

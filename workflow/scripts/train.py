@@ -6,7 +6,12 @@ import pandas as pd
 import torch
 
 from saliency_robustness.data import dataset_info, fold_split, load_npz
-from saliency_robustness.evaluation import classification_metrics, predict_proba
+from saliency_robustness.evaluation import (
+    classification_metrics,
+    is_multi_label,
+    metric_rows,
+    predict_proba,
+)
 from saliency_robustness.logs import log_to_file
 from saliency_robustness.models import resolve_device, save_weights
 from saliency_robustness.tables import atomic_path, write_parquet
@@ -28,22 +33,36 @@ settings = TrainSettings(
     mixed_precision=cfg["mixed_precision"],
 )
 device = resolve_device(snakemake.params.device)
+multi_label = is_multi_label(info.task)
 result = train_classifier(
-    snakemake.wildcards.arch, splits["train"], splits["val"], info.n_classes, settings, device
+    snakemake.wildcards.arch,
+    splits["train"],
+    splits["val"],
+    info.n_classes,
+    settings,
+    device,
+    multi_label=multi_label,
 )
 test_images, test_labels = splits["test"]
-test = classification_metrics(test_labels, predict_proba(result.model, test_images, device=device))
+test_probs = predict_proba(result.model, test_images, device=device, multi_label=multi_label)
+test = classification_metrics(test_labels, test_probs, multi_label)
 
 save_weights(result.model, snakemake.output.model)
 keys = {"dataset": snakemake.wildcards.dataset, "arch": snakemake.wildcards.arch, "fold": fold}
 write_parquet(result.history.assign(**keys), snakemake.output.history)
 summary = {
     "device": str(device),
+    "task": info.task,
     "best_epoch": result.best_epoch,
     "val": result.best_val,
     "test": test,
     "n_train": len(splits["train"][0]),
     "n_val": len(splits["val"][0]),
 }
+if multi_label:  # per-label test metrics, keyed by label name
+    summary["test_per_label"] = {
+        row.pop("label"): row
+        for row in metric_rows(test_labels, test_probs, True, list(info.labels.values()))[1:]
+    }
 with atomic_path(snakemake.output.metrics) as tmp:
     tmp.write_text(json.dumps(summary, indent=2))
