@@ -41,17 +41,64 @@ class DatasetInfo:
         return len(self.labels)
 
 
-def dataset_info(flag: str) -> DatasetInfo:
-    """Metadata of a MedMNIST flag from ``medmnist.INFO``; unknown flags list the valid ones."""
+def dataset_info(flag: str, data_config: dict | None = None) -> DatasetInfo:
+    """Metadata of a dataset: a ``data.custom`` entry of ``data_config`` (the config's ``data``
+    section) when ``flag`` names one, else the MedMNIST flag from ``medmnist.INFO``; unknown
+    names list the valid ones."""
     from medmnist import INFO
 
+    custom = (data_config or {}).get("custom") or {}
+    if flag in custom:
+        return custom_info(flag, custom[flag])
     if flag not in INFO:
         valid = ", ".join(sorted(k for k in INFO if not k.endswith("3d")))
-        raise DataError(f"Unknown MedMNIST dataset '{flag}'. Valid 2D datasets: {valid}.")
+        extra = f" Custom datasets (data.custom): {', '.join(custom)}." if custom else ""
+        raise DataError(f"Unknown MedMNIST dataset '{flag}'. Valid 2D datasets: {valid}.{extra}")
     info = INFO[flag]
     return DatasetInfo(
         flag=flag, task=info["task"], n_channels=info["n_channels"], labels=info["label"]
     )
+
+
+# Custom datasets (data.custom; built by custom_data.py). The spec helpers live here, free of
+# image libraries, because every stage's script needs dataset_info and nothing more.
+SYNTHETIC_KINDS = ("blob", "ring", "bar")
+CUSTOM_DEFAULTS: dict = {
+    "task": "multi-class",
+    "channels": 1,
+    "test_fraction": 0.2,
+    "splits": {"train": 600, "val": 150, "test": 150},
+}
+
+
+def resolve_spec(spec: dict) -> dict:
+    """A ``data.custom`` entry with defaults filled in."""
+    out = {**CUSTOM_DEFAULTS, **spec}
+    out["splits"] = {**CUSTOM_DEFAULTS["splits"], **(spec.get("splits") or {})}
+    return out
+
+
+def synthetic_labels(task: str) -> dict[str, str]:
+    """Label names (``medmnist.INFO`` form) of the synthetic set: presence for binary-class,
+    the lesion kinds otherwise."""
+    if task == "binary-class":
+        return {"0": "no lesion", "1": "lesion"}
+    return {str(i): kind for i, kind in enumerate(SYNTHETIC_KINDS)}
+
+
+def label_names(spec: dict) -> list[str]:
+    """Class (or label) names of a custom dataset, in label-index order."""
+    spec = resolve_spec(spec)
+    if spec["source"] == "synthetic":
+        return list(synthetic_labels(spec["task"]).values())
+    return [str(name) for name in spec.get("labels") or []]
+
+
+def custom_info(name: str, spec: dict) -> DatasetInfo:
+    """``DatasetInfo`` (task, channels, labels) of a ``data.custom`` entry."""
+    spec = resolve_spec(spec)
+    labels = {str(i): label for i, label in enumerate(label_names(spec))}
+    return DatasetInfo(flag=name, task=spec["task"], n_channels=spec["channels"], labels=labels)
 
 
 def source_url_and_md5(flag: str, size: int) -> tuple[str, str]:
@@ -285,6 +332,32 @@ def make_folds(labels: np.ndarray, sources: np.ndarray, k: int, seed: int) -> pd
             "source_split": sources,
             "source_index": source_index,
             "label": strata.astype(np.int16),
+            "fold": fold,
+        }
+    )
+
+
+def folds_from_column(
+    fold_column: np.ndarray, labels: np.ndarray, sources: np.ndarray, k: int
+) -> pd.DataFrame:
+    """The fold table (as ``make_folds``) from a dataset's own fold column (custom CSV)."""
+    fold = np.asarray(fold_column).astype(np.int16)
+    used = sorted(set(fold.tolist()))
+    if used != list(range(k)):
+        raise DataError(
+            f"The dataset's fold column uses folds {used}, but folds.k = {k} needs each of "
+            f"0..{k - 1}; set folds.k to match the CSV's fold column."
+        )
+    labels = np.asarray(labels)
+    source_index = np.concatenate(
+        [np.arange((sources == s).sum()) for s in ("train", "val")]
+    ).astype(np.int32)
+    return pd.DataFrame(
+        {
+            "pool_index": np.arange(len(fold), dtype=np.int32),
+            "source_split": sources,
+            "source_index": source_index,
+            "label": labels[:, 0].astype(np.int16),
             "fold": fold,
         }
     )

@@ -24,11 +24,17 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 from skimage.draw import disk, polygon
 
-from saliency_robustness.data import SPLITS, DataError
+from saliency_robustness.data import (
+    CUSTOM_DEFAULTS,
+    SPLITS,
+    SYNTHETIC_KINDS,
+    DataError,
+)
+from saliency_robustness.data import synthetic_labels as synthetic_labels  # re-export
 
-KINDS = ("blob", "ring", "bar")
+KINDS = SYNTHETIC_KINDS
 TASKS = ("binary-class", "multi-class", "multi-label")
-DEFAULT_SPLIT_SIZES = {"train": 600, "val": 150, "test": 150}
+DEFAULT_SPLIT_SIZES = CUSTOM_DEFAULTS["splits"]
 
 # Intensities on the 0..255 scale: the lesion is brighter than the background by about two
 # standard deviations of the texture, so it is learnable but the texture still has edges
@@ -38,14 +44,6 @@ _TEXTURE_STD = 22.0
 _GRADIENT_SPAN = 30.0
 _LESION_CONTRAST = 55.0
 _MAX_PLACEMENT_TRIES = 50
-
-
-def synthetic_labels(task: str) -> dict[str, str]:
-    """Label names in MedMNIST's ``INFO[flag]["label"]`` form for a synthetic task."""
-    _check_task(task)
-    if task == "binary-class":
-        return {"0": "no lesion", "1": "lesion"}
-    return {str(i): kind for i, kind in enumerate(KINDS)}
 
 
 def _check_task(task: str) -> None:
