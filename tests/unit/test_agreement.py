@@ -1,0 +1,70 @@
+"""Agreement between models: known answers on hand-made maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from saliency_robustness.agreement import agreement, agreement_matrix, pairwise_agreement
+
+
+def saliency_table(maps: np.ndarray, arch: str, fold: int, targets=None, severity: int = 0):
+    n = len(maps)
+    return pd.DataFrame(
+        {
+            "dataset": "breastmnist",
+            "arch": arch,
+            "fold": fold,
+            "method": "saliency",
+            "perturbation": "gaussian_noise",
+            "severity": severity,
+            "image_index": np.arange(n),
+            "target": np.zeros(n, int) if targets is None else targets,
+            "height": maps.shape[1],
+            "width": maps.shape[2],
+            "saliency": list(maps.reshape(n, -1).astype(np.float32)),
+        }
+    )
+
+
+def test_identical_maps_agree_fully_and_disjoint_maps_not_at_all():
+    rng = np.random.default_rng(0)
+    maps = rng.random((4, 10, 10))
+    same = pairwise_agreement(saliency_table(maps, "a", 0), saliency_table(maps, "a", 1), 10)
+    assert np.allclose(same["topk_iou"], 1.0) and np.allclose(same["spearman"], 1.0)
+    left, right = np.zeros((1, 10, 10)), np.zeros((1, 10, 10))
+    left[0, :, :5], right[0, :, 5:] = 1.0, 1.0  # top 10% lies in disjoint halves
+    left[0, 0, :5] = right[0, 0, 5:] = 2.0
+    disjoint = pairwise_agreement(saliency_table(left, "a", 0), saliency_table(right, "b", 0), 10)
+    assert disjoint["topk_iou"].tolist() == [0.0]
+    assert disjoint["spearman"].iloc[0] < 0
+
+
+def test_agreement_pairs_kinds_targets_and_matrix():
+    rng = np.random.default_rng(1)
+    base = rng.random((6, 8, 8))
+    tables = [
+        saliency_table(base, "resnet18", 0),
+        saliency_table(base, "resnet18", 1, targets=np.array([0, 0, 0, 1, 1, 1])),
+        saliency_table(rng.random((6, 8, 8)), "resnet50", 0),
+    ]
+    result = agreement(pd.concat(tables), top_k_percent=20)
+    assert set(result["pair"]) == {"folds", "architectures"}
+    folds = result[(result["pair"] == "folds") & (result["metric"] == "topk_iou")]
+    assert folds["mean"].tolist() == [1.0] and folds["same_target"].tolist() == [0.5]
+    assert (result["n_images"] == 6).all()
+    only_same = agreement(pd.concat(tables), top_k_percent=20, same_target_only=True)
+    assert (only_same.loc[only_same["pair"] == "folds", "n_images"] == 3).all()
+    matrix = agreement_matrix(result, "spearman")
+    assert matrix.shape == (3, 3)
+    assert matrix.loc["resnet18/fold0", "resnet18/fold1"] == pytest.approx(1.0)
+    assert np.allclose(matrix.to_numpy(), matrix.to_numpy().T)
+
+
+def test_no_shared_images_is_a_clear_error():
+    maps = np.random.default_rng(2).random((2, 4, 4))
+    with pytest.raises(ValueError, match="share no"):
+        pairwise_agreement(
+            saliency_table(maps, "a", 0, severity=0), saliency_table(maps, "a", 1, severity=3), 10
+        )

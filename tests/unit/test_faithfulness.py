@@ -1,0 +1,137 @@
+"""Faithfulness metrics: known answers on a linear model, and the real trained ResNet."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from saliency_robustness.attribution import compute_maps
+from saliency_robustness.faithfulness import (
+    FaithfulnessSettings,
+    confidence_change,
+    curve_auc,
+    deletion_insertion_curves,
+    faithfulness,
+    infidelity_scores,
+    road_scores,
+    sensitivity,
+    target_probability,
+)
+from saliency_robustness.models import images_to_tensor
+
+SIZE = 8
+
+
+class Linear(nn.Module):
+    """logits = W x + b on flattened 1-channel images."""
+
+    def __init__(self, scale: float = 1.0, seed: int = 0) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.layer = nn.Linear(SIZE * SIZE, 2)
+        with torch.no_grad():
+            self.layer.weight.copy_(torch.rand((2, SIZE * SIZE), generator=generator) * scale)
+            self.layer.weight[0] = 0.0  # class 0's logit is constant
+            self.layer.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x.flatten(1))
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (5, SIZE, SIZE), dtype=np.uint8)
+
+
+def test_gradient_map_of_a_linear_model_gives_the_known_deletion_curve(images):
+    model = Linear(scale=0.2).eval()
+    targets = np.ones(len(images), int)
+    maps = compute_maps(model, images, targets, "saliency", {}, batch_size=5)
+    weights = model.layer.weight[1].detach().numpy()
+    assert np.allclose(maps, np.abs(weights).reshape(SIZE, SIZE)[None], atol=1e-6)
+    steps = 4
+    deletion, insertion = deletion_insertion_curves(
+        model, images_to_tensor(images), maps, targets, steps
+    )
+    # by hand: the k largest weights' pixels set to black (-1), logit 1 - logit 0 = w.x
+    x = images_to_tensor(images).flatten(1).numpy().astype(np.float64)
+    order = np.argsort(-weights, kind="stable")
+    for step, count in enumerate(np.round(np.linspace(0, SIZE * SIZE, steps + 1)).astype(int)):
+        deleted, inserted = x.copy(), np.full_like(x, -1.0)
+        deleted[:, order[:count]] = -1.0
+        inserted[:, order[:count]] = x[:, order[:count]]
+        for curve, image in ((deletion, deleted), (insertion, inserted)):
+            expected = 1.0 / (1.0 + np.exp(-(image @ weights)))
+            assert np.allclose(curve[:, step], expected, atol=1e-5)
+    assert (np.diff(deletion, axis=1) <= 1e-7).all()  # w >= 0 and pixels >= black
+    assert np.allclose(deletion[:, -1], insertion[:, 0])
+    assert np.allclose(curve_auc(np.ones((1, 5))), 1.0)
+    # the gradient order deletes faster than the reverse order
+    reverse, _ = deletion_insertion_curves(
+        model, images_to_tensor(images), maps.max() - maps, targets, steps
+    )
+    assert (curve_auc(deletion) < curve_auc(reverse)).all()
+
+
+def test_confidence_change_darkens_the_image_by_the_map(images):
+    model = Linear(scale=0.1).eval()
+    targets = np.ones(len(images), int)
+    maps = np.random.default_rng(1).random((len(images), SIZE, SIZE)).astype(np.float32)
+    inputs = images_to_tensor(images)
+    darkened = ((inputs + 1) / 2 * torch.as_tensor(maps)[:, None]) * 2 - 1
+    expected = target_probability(model, darkened, targets) - target_probability(
+        model, inputs, targets
+    )
+    assert np.allclose(confidence_change(model, inputs, maps, targets), expected, atol=1e-6)
+
+
+def test_road_removes_the_bright_evidence_first():
+    # the class-1 evidence is a bright square; everything else is black and weighs little
+    model = Linear(scale=0.0)
+    with torch.no_grad():
+        model.layer.weight[1] = 0.01
+        model.layer.weight[1].view(SIZE, SIZE)[3:6, 3:6] = 1.0
+    images = np.zeros((3, SIZE, SIZE), np.uint8)
+    images[:, 3:6, 3:6] = 255
+    targets = np.ones(3, int)
+    evidence = model.layer.weight[1].detach().numpy().reshape(SIZE, SIZE)
+    maps = np.broadcast_to(evidence / evidence.max(), images.shape).copy()
+    morf, lerf = road_scores(model.eval(), images_to_tensor(images), maps, targets, (50,), 0)
+    # MoRF imputes the square from its black surround: the probability falls from ~1 to ~0.5
+    assert (morf < -0.4).all()
+    # LeRF imputes black background from black neighbours: (almost) nothing changes
+    assert np.abs(lerf).max() < 0.05
+
+
+def test_infidelity_and_sensitivity_rank_the_true_map_first(images):
+    model = Linear(scale=0.05).eval()  # small logits: softmax is nearly linear
+    targets = np.ones(len(images), int)
+    inputs = images_to_tensor(images)
+    weights = model.layer.weight[1].detach().numpy().reshape(SIZE, SIZE)
+    true_map = np.broadcast_to(weights, (len(images), SIZE, SIZE)).copy()
+    noise = np.random.default_rng(2).random(true_map.shape)
+    # the gradient of the (nearly linear) target probability is w: infidelity close to 0
+    good = infidelity_scores(model, inputs, true_map, targets, 16, 0.1, 0)
+    bad = infidelity_scores(model, inputs, noise, targets, 16, 0.1, 0)
+    assert (good < 0.05 * bad).all()
+    # a linear model's gradient does not depend on the input: sensitivity 0
+    settings = FaithfulnessSettings(sensitivity_samples=3)
+    assert np.allclose(sensitivity(model, images, targets, "saliency", {}, settings), 0, atol=1e-6)
+
+
+def test_faithfulness_on_the_trained_resnet(model, clean_test_images):
+    images = clean_test_images[:6]
+    targets = np.ones(len(images), int)
+    maps = compute_maps(model, images, targets, "saliency", {}, batch_size=6)
+    settings = FaithfulnessSettings(steps=4, road_percentiles=(50,), infidelity_samples=2)
+    table = faithfulness(model, images, maps, targets, settings)
+    assert len(table) == 6 and table["deletion_curve"].iloc[0].shape == (5,)
+    assert table[["deletion_auc", "insertion_auc"]].apply(lambda c: c.between(0, 1).all()).all()
+    assert np.isfinite(table["infidelity"]).all()
+    assert (table["drop_in_confidence"] >= 0).all()
+    with pytest.raises(ValueError, match="one map and one target"):
+        faithfulness(model, images, maps[:3], targets, settings)
+    with pytest.raises(ValueError, match="percentiles"):
+        FaithfulnessSettings(road_percentiles=(0, 50))
