@@ -135,16 +135,3 @@ def agreement(
     return pd.DataFrame(rows, columns=columns).astype(
         {"fold_a": "int16", "fold_b": "int16", "severity": "int8", "n_images": "int32"}
     )
-
-
-def agreement_matrix(table: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Symmetric model x model matrix of one metric's mean (diagonal 1: a map agrees with
-    itself on both metrics), from rows of ``agreement`` for one method and condition,
-    averaged over any remaining perturbations/severities."""
-    rows = table[table["metric"] == metric]
-    means = rows.groupby(["model_a", "model_b"])["mean"].mean()
-    models = sorted(set(rows["model_a"]) | set(rows["model_b"]))
-    matrix = pd.DataFrame(np.eye(len(models)), index=models, columns=models)
-    for (model_a, model_b), value in means.items():
-        matrix.loc[model_a, model_b] = matrix.loc[model_b, model_a] = value
-    return matrix

@@ -5,9 +5,9 @@ Per image (clean or perturbed) and its stored map:
 - confidence change when the image is darkened by the map (pytorch-grad-cam's
   ``CamMultImageConfidenceChange``; ``drop_in_confidence`` and ``increase_in_confidence`` as in
   its ``DropInConfidence`` / ``IncreaseInConfidence``),
-- deletion and insertion curves (Petsiuk et al. 2018) of the target's softmax probability as
-  the most salient pixels are removed (set to black) or inserted into a black image, with
-  their area under the curve,
+- deletion and insertion curves (Petsiuk et al. 2018) of the target's probability (softmax;
+  sigmoid for multi-label) as the most salient pixels are removed (set to black) or inserted
+  into a black image, with their area under the curve,
 - ROAD (Rong et al. 2022): pytorch-grad-cam's noisy-linear-imputation classes, most relevant
   first (MoRF) and least relevant first (LeRF), averaged over percentiles,
 - captum's ``infidelity`` and ``sensitivity_max``.
@@ -33,7 +33,7 @@ from pytorch_grad_cam.metrics.road import (
     ROADLeastRelevantFirstAverage,
     ROADMostRelevantFirstAverage,
 )
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from scipy.integrate import trapezoid
 from torch import nn
 
@@ -57,6 +57,7 @@ class FaithfulnessSettings:
     # sensitivity_max recomputes the maps (n_samples times the method's cost): by default
     # only on clean images, where it asks whether the map is stable to imperceptible noise.
     sensitivity_on_perturbed: bool = False
+    multi_label: bool = False  # sigmoid instead of softmax probabilities
     batch_size: int = 128
     seed: int = 0
 
@@ -72,15 +73,25 @@ class FaithfulnessSettings:
             raise ValueError(f"faithfulness batch_size must be >= 1, got {self.batch_size}.")
 
 
-class SoftmaxModel(nn.Module):
-    """The model's softmax probabilities (captum's metrics read the target's output)."""
+class ProbabilityModel(nn.Module):
+    """The model's class probabilities: softmax, or per-label sigmoid for multi-label
+    models. Every metric here reads the target's probability from this output."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, multi_label: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.multi_label = multi_label
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(inputs), dim=1)
+        logits = self.model(inputs)
+        return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=1)
+
+
+def probability_model(model: nn.Module, multi_label: bool = False) -> ProbabilityModel:
+    """``model`` wrapped to output probabilities (unchanged if it already does)."""
+    if isinstance(model, ProbabilityModel):
+        return model
+    return ProbabilityModel(model, multi_label).eval()
 
 
 class UnitRangeModel(nn.Module):
@@ -96,14 +107,16 @@ class UnitRangeModel(nn.Module):
         return self.model(inputs * 2.0 - 1.0)
 
 
-def _softmax_targets(targets: np.ndarray) -> list[ClassifierOutputSoftmaxTarget]:
-    return [ClassifierOutputSoftmaxTarget(int(t)) for t in targets]
+def _probability_targets(targets: np.ndarray) -> list[ClassifierOutputTarget]:
+    # pytorch-grad-cam targets that read one class of a ProbabilityModel's output
+    return [ClassifierOutputTarget(int(t)) for t in targets]
 
 
 @torch.no_grad()
 def target_probability(model: nn.Module, inputs: torch.Tensor, targets: np.ndarray) -> np.ndarray:
-    """Softmax probability of each image's target class (one forward pass)."""
-    probabilities = torch.softmax(model(inputs), dim=1)
+    """Probability of each image's target class (one forward pass; a plain model is
+    read through its softmax)."""
+    probabilities = probability_model(model)(inputs)
     index = torch.as_tensor(np.asarray(targets), device=inputs.device).long()
     return probabilities[torch.arange(len(inputs), device=inputs.device), index].cpu().numpy()
 
@@ -161,12 +174,14 @@ def curve_auc(curves: np.ndarray) -> np.ndarray:
 def confidence_change(
     model: nn.Module, inputs: torch.Tensor, maps: np.ndarray, targets: np.ndarray
 ) -> np.ndarray:
-    """Change of the target's softmax probability when the image (in [0, 1]) is multiplied
+    """Change of the target's probability when the image (in [0, 1]) is multiplied
     by its [0, 1] map (pytorch-grad-cam's ``CamMultImageConfidenceChange``): after - before."""
     metric = CamMultImageConfidenceChange()
     unit = (inputs + 1.0) / 2.0
     cams = maps.astype(np.float32)
-    return metric(unit, cams, _softmax_targets(targets), UnitRangeModel(model)).reshape(-1)
+    return metric(
+        unit, cams, _probability_targets(targets), UnitRangeModel(probability_model(model))
+    ).reshape(-1)
 
 
 def road_scores(
@@ -180,13 +195,14 @@ def road_scores(
     """ROAD MoRF and LeRF (pytorch-grad-cam): change of the target's probability after
     removing the pixels above (MoRF) or below (LeRF) each percentile of the map by noisy
     linear imputation, averaged over ``percentiles``. Returns (morf, lerf)."""
-    targets_ = _softmax_targets(targets)
+    targets_ = _probability_targets(targets)
     cams = maps.astype(np.float32)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the imputer adds noise from torch's global generator
         with torch.no_grad():
-            morf = ROADMostRelevantFirstAverage(list(percentiles))(inputs, cams, targets_, model)
-            lerf = ROADLeastRelevantFirstAverage(list(percentiles))(inputs, cams, targets_, model)
+            net = probability_model(model)
+            morf = ROADMostRelevantFirstAverage(list(percentiles))(inputs, cams, targets_, net)
+            lerf = ROADLeastRelevantFirstAverage(list(percentiles))(inputs, cams, targets_, net)
     return np.asarray(morf).reshape(-1), np.asarray(lerf).reshape(-1)
 
 
@@ -200,7 +216,7 @@ def infidelity_scores(
     seed: int,
 ) -> np.ndarray:
     """captum's infidelity of each raw map (broadcast over channels) under Gaussian input
-    noise of standard deviation ``sigma`` (model-input units), on softmax probabilities."""
+    noise of standard deviation ``sigma`` (model-input units), on the target's probability."""
 
     def perturb(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         noise = torch.randn_like(batch) * sigma
@@ -212,7 +228,7 @@ def infidelity_scores(
         torch.manual_seed(seed)
         with torch.no_grad():
             values = infidelity(
-                SoftmaxModel(model),
+                probability_model(model),
                 perturb,
                 inputs,
                 attributions,
@@ -290,7 +306,7 @@ def faithfulness(
             f"{len(images)} images, {len(raw_maps)} maps and {len(targets)} targets: "
             "give one map and one target per image."
         )
-    model.eval()
+    model = probability_model(model, settings.multi_label)
     maps = normalise_maps(raw_maps).astype(np.float32)
     frames = []
     for start in range(0, len(images), settings.batch_size):

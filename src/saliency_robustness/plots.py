@@ -207,3 +207,157 @@ def saliency_examples(
             axes[row, 0].set_ylabel(f"image {index}", fontsize=6)
             row += block
     _save(figure, path, dpi)
+
+
+# --- saliency analysis: agreement, faithfulness, sanity, detection per family ---------------
+
+
+def agreement_matrix(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Symmetric model x model matrix of one metric's mean from rows of
+    ``agreement.agreement`` (one method and condition), averaged over any remaining
+    perturbations and severities; the diagonal is 1 (a map agrees fully with itself)."""
+    rows = table[table["metric"] == metric]
+    means = rows.groupby(["model_a", "model_b"])["mean"].mean()
+    models = sorted(set(rows["model_a"]) | set(rows["model_b"]))
+    matrix = pd.DataFrame(np.eye(len(models)), index=models, columns=models)
+    for (model_a, model_b), value in means.items():
+        matrix.loc[model_a, model_b] = matrix.loc[model_b, model_a] = value
+    return matrix
+
+
+def agreement_matrices(
+    table: pd.DataFrame, path: str | os.PathLike, metric: str = "topk_iou", dpi: int = 120
+) -> None:
+    """Model x model agreement per method (rows): on clean images and on perturbed images
+    at each perturbation's highest severity (columns)."""
+    if table.empty:
+        raise ValueError("The agreement table is empty: it needs at least two models.")
+    methods = sorted(table["method"].unique())
+    highest = table.groupby("perturbation")["severity"].transform("max")
+    conditions = {
+        "clean": table[table["severity"] == 0],
+        "perturbed (highest severity)": table[(table["severity"] == highest) & (highest > 0)],
+    }
+    figure, axes = plt.subplots(len(methods), 2, figsize=(7.5, 3.2 * len(methods)), squeeze=False)
+    for row, method in enumerate(methods):
+        for col, (condition, rows) in enumerate(conditions.items()):
+            ax = axes[row, col]
+            matrix = agreement_matrix(rows[rows["method"] == method], metric)
+            sns.heatmap(
+                matrix, vmin=0, vmax=1, annot=len(matrix) <= 8, fmt=".2f", cmap="viridis",
+                square=True, cbar=col == 1, ax=ax,
+            )  # fmt: skip
+            ax.set_title(f"{method}: {condition}", fontsize=9)
+            ax.tick_params(labelsize=7)
+    _save(figure, path, dpi)
+
+
+def faithfulness_vs_severity(
+    summary: pd.DataFrame, path: str | os.PathLike, dpi: int = 120
+) -> None:
+    """Mean faithfulness metrics (panels) per method against severity, per perturbation
+    (line style); clean images at severity 0."""
+    metrics = ["deletion_auc", "insertion_auc", "road_combined", "drop_in_confidence"]
+    metrics += ["infidelity", "sensitivity_max"]
+    data = summary[summary["metric"].isin(metrics)].dropna(subset=["mean"])
+    if data.empty:
+        raise ValueError("The faithfulness summary holds no values to plot.")
+    clean = data[data["severity"] == 0]
+    curves = [data[data["severity"] > 0]]
+    for perturbation in data.loc[data["severity"] > 0, "perturbation"].unique():
+        curves.append(clean.assign(perturbation=perturbation))  # each curve starts clean
+    data = pd.concat(curves, ignore_index=True)
+    grid = sns.relplot(
+        data=data,
+        x="severity",
+        y="mean",
+        hue="method",
+        style="perturbation",
+        col="metric",
+        col_wrap=3,
+        kind="line",
+        marker="o",
+        errorbar="sd",
+        height=2.6,
+        aspect=1.2,
+        facet_kws={"sharey": False},
+    )
+    _save(_short_titles(grid).figure, path, dpi)
+
+
+def sanity_randomisation(
+    table: pd.DataFrame, path: str | os.PathLike, example: int = 0, dpi: int = 120
+) -> None:
+    """Adebayo et al.'s figure per method (rows): the maps of one image as the model is
+    randomised from the output layer down (columns), and the mean similarity to the trained
+    model's maps per stage (last column)."""
+    methods = sorted(table["method"].unique())
+    stages = table.drop_duplicates("stage_index").sort_values("stage_index")["stage"].tolist()
+    image = sorted(table["image_index"].unique())[example]
+    height, width = int(table["height"].iloc[0]), int(table["width"].iloc[0])
+    figure, axes = plt.subplots(
+        len(methods),
+        len(stages) + 1,
+        figsize=(1.3 * len(stages) + 3.2, 1.5 * len(methods) + 0.3),
+        squeeze=False,
+        gridspec_kw={"width_ratios": [1] * len(stages) + [2.6]},
+    )
+    for row, method in enumerate(methods):
+        rows = table[table["method"] == method]
+        for col, stage in enumerate(stages):
+            ax = axes[row, col]
+            cell = rows[(rows["stage"] == stage) & (rows["image_index"] == image)]
+            saliency = np.abs(np.asarray(cell["saliency"].iloc[0])).reshape(height, width)
+            ax.imshow(saliency, cmap="inferno", vmin=0, vmax=saliency.max() or 1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title("trained" if stage == "none" else f"+{stage}", fontsize=7)
+            if col == 0:
+                ax.set_ylabel(method, fontsize=8)
+        means = rows.groupby("stage_index")[["ssim", "spearman", "hog"]].mean()
+        ax = axes[row, -1]
+        for similarity in means.columns:
+            ax.plot(means.index, means[similarity], marker="o", markersize=3, label=similarity)
+        ax.set_ylim(-0.5, 1.05)
+        ax.axhline(0, color="gray", linewidth=0.6)
+        ax.set_xticks(range(len(stages)))
+        ax.set_xticklabels([] if row < len(methods) - 1 else stages, rotation=60, fontsize=6)
+        ax.tick_params(axis="y", labelsize=6)
+        if row == 0:
+            ax.legend(fontsize=6, loc="upper right")
+            ax.set_title("similarity to trained", fontsize=7)
+    _save(figure, path, dpi)
+
+
+def detection_by_family(table: pd.DataFrame, path: str | os.PathLike, dpi: int = 120) -> None:
+    """AUROC of each map-change score for wrong predictions per perturbation family (top)
+    and its gain beyond the confidence drop (bottom), per method."""
+    data = table.melt(
+        id_vars=["arch", "fold", "method", "family", "score"],
+        value_vars=["auroc", "auroc_gain"],
+        var_name="measure",
+        value_name="value",
+    ).dropna(subset=["value"])
+    if data.empty:
+        raise ValueError(
+            "No AUROC is defined: too few wrong (or right) predictions on perturbed images. "
+            "Attribute more images (attribute.max_images) or use stronger severities."
+        )
+    grid = sns.catplot(
+        data=data,
+        x="method",
+        y="value",
+        hue="score",
+        col="family",
+        row="measure",
+        kind="bar",
+        errorbar="sd",
+        height=2.6,
+        aspect=1.2,
+        sharey="row",
+    )
+    for (measure, _), ax in grid.axes_dict.items():
+        ax.axhline(0.5 if measure == "auroc" else 0.0, color="gray", linestyle="--", lw=0.8)
+        ax.tick_params(axis="x", rotation=30)
+    _save(_short_titles(grid).figure, path, dpi)

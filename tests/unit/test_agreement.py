@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from saliency_robustness.agreement import agreement, agreement_matrix, pairwise_agreement
+from saliency_robustness.agreement import agreement, pairwise_agreement
+from saliency_robustness.plots import agreement_matrix
 
 
 def saliency_table(maps: np.ndarray, arch: str, fold: int, targets=None, severity: int = 0):
