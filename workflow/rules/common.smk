@@ -85,6 +85,51 @@ def saliency_change_files(wildcards):
     )
 
 
+def agreement_files(wildcards):
+    """Every model's saliency tables of one dataset (pairs of architectures and folds)."""
+    return per_model(
+        "results/saliency/{dataset}/{arch}/fold{fold}/{method}.parquet",
+        wildcards.dataset,
+        method=METHODS,
+    )
+
+
+def faithfulness_files(wildcards):
+    return per_model(
+        "results/metrics/faithfulness/{dataset}/{arch}/fold{fold}/{method}.parquet",
+        wildcards.dataset,
+        method=METHODS,
+    )
+
+
+def sanity_files(wildcards):
+    """Randomisation checks of each architecture's first fold (they test the method)."""
+    return expand(
+        "results/metrics/sanity/{dataset}/{arch}/fold{fold}/{method}.parquet",
+        dataset=wildcards.dataset,
+        arch=ARCHS,
+        fold=FOLDS[0],
+        method=METHODS,
+    )
+
+
+def analysis_outputs(dataset):
+    """Tables and figures of the analysis families in analysis.run."""
+    families = list(config["analysis"]["run"])
+    if len(ARCHS) * len(FOLDS) < 2 and "agreement" in families:
+        families.remove("agreement")  # agreement needs two models
+        logger.warning("analysis: agreement needs two models (architectures or folds)")
+    tables = {"detection": "detection_by_family"}
+    files = []
+    for family in families:
+        name = tables.get(family, family)
+        files += [
+            f"results/summary/{dataset}/{name}.parquet",
+            f"results/plots/{dataset}/{name}.png",
+        ]
+    return files
+
+
 def example_saliency_files(wildcards):
     return expand(
         "results/saliency/{dataset}/{arch}/fold{fold}/{method}.parquet",
@@ -126,4 +171,5 @@ def all_outputs():
                 "misclassification_detection",
             ],
         )
+        outputs += analysis_outputs(dataset)
     return outputs

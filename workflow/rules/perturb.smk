@@ -22,3 +22,79 @@ rule perturb:
         overrides=perturbation_params,
     script:
         "../scripts/perturb.py"
+
+
+rule perturbation_calibration:
+    input:
+        data=dataset_file,
+        perturbed=perturbed_files,
+    output:
+        table="results/summary/{dataset}/perturbation_calibration.parquet",
+        plot=report(
+            "results/plots/{dataset}/perturbation_calibration.png",
+            caption="../report/perturbation_calibration.rst",
+            category="Perturbations",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "figure": "calibration (SSIM, PSNR)"},
+        ),
+    log:
+        "logs/perturbation_calibration/{dataset}.log",
+    benchmark:
+        "benchmarks/perturbation_calibration/{dataset}.tsv"
+    conda:
+        "../../envs/perturb.yaml"
+    params:
+        dpi=config["plots"]["dpi"],
+    script:
+        "../scripts/perturbation_calibration.py"
+
+
+rule perturbation_grid:
+    input:
+        data=dataset_file,
+        perturbed=perturbed_files,
+    output:
+        report(
+            "results/plots/{dataset}/perturbation_grid.png",
+            caption="../report/perturbation_grid.rst",
+            category="Perturbations",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "figure": "every perturbation x severity"},
+        ),
+    log:
+        "logs/perturbation_grid/{dataset}.log",
+    benchmark:
+        "benchmarks/perturbation_grid/{dataset}.tsv"
+    conda:
+        "../../envs/perturb.yaml"
+    params:
+        image=config["perturb"]["preview_image"],
+        dpi=config["plots"]["dpi"],
+    script:
+        "../scripts/plot_perturbation_grid.py"
+
+
+rule robustness:
+    input:
+        classification_files,
+    output:
+        scores="results/summary/{dataset}/robustness.parquet",
+        summary="results/summary/{dataset}/robustness_summary.parquet",
+        plot=report(
+            "results/plots/{dataset}/robustness.png",
+            caption="../report/robustness.rst",
+            category="Classification",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "figure": "robustness (balanced error)"},
+        ),
+    log:
+        "logs/robustness/{dataset}.log",
+    benchmark:
+        "benchmarks/robustness/{dataset}.tsv"
+    conda:
+        "../../envs/plots.yaml"
+    params:
+        baseline=config["perturb"]["baseline_arch"] or ARCHS[0],
+        dpi=config["plots"]["dpi"],
+    script:
+        "../scripts/robustness.py"
