@@ -446,3 +446,18 @@ def faithfulness_table(
     keys = ["dataset", "arch", "fold", "method", "perturbation", "severity", "image_index"]
     keys += ["label", "target", "predicted"]
     return pd.concat([table[keys].reset_index(drop=True), scores], axis=1)
+
+
+def summarise_faithfulness(table: pd.DataFrame) -> pd.DataFrame:
+    """Long table: mean, standard deviation and number of images of each scalar metric per
+    (dataset, arch, fold, method, perturbation, severity); clean images under 'none'."""
+    keys = ["dataset", "arch", "fold", "method", "perturbation", "severity"]
+    metrics = [m for m in FAITHFULNESS_METRICS if m in table]
+    long = table[keys + metrics].melt(id_vars=keys, var_name="metric", value_name="value")
+    long["value"] = long["value"].astype(float)
+    summary = (
+        long.groupby(keys + ["metric"], sort=True)["value"]
+        .agg(mean="mean", std="std", n_images="count")
+        .reset_index()
+    )
+    return summary.astype({"n_images": "int32"})

@@ -290,7 +290,9 @@ def sanity_randomisation(
 ) -> None:
     """Adebayo et al.'s figure per method (rows): the maps of one image as the model is
     randomised from the output layer down (columns), and the mean similarity to the trained
-    model's maps per stage (last column)."""
+    model's maps per stage (last column). Shows the first (arch, fold) in the table."""
+    arch, fold = sorted(zip(table["arch"], table["fold"], strict=True))[0]
+    table = table[(table["arch"] == arch) & (table["fold"] == fold)]
     methods = sorted(table["method"].unique())
     stages = table.drop_duplicates("stage_index").sort_values("stage_index")["stage"].tolist()
     image = sorted(table["image_index"].unique())[example]

@@ -1,0 +1,211 @@
+# Saliency analysis (issue 8): agreement between models, faithfulness, randomisation sanity
+# checks and misclassification detection per perturbation family. analysis.run selects the
+# families that rule all builds.
+
+
+rule faithfulness:
+    input:
+        saliency="results/saliency/{dataset}/{arch}/fold{fold}/{method}.parquet",
+        data=dataset_file,
+        model=model_file,
+        perturbed=perturbed_files,
+    output:
+        "results/metrics/faithfulness/{dataset}/{arch}/fold{fold}/{method}.parquet",
+    log:
+        "logs/faithfulness/{dataset}/{arch}/fold{fold}/{method}.log",
+    benchmark:
+        "benchmarks/faithfulness/{dataset}/{arch}/fold{fold}/{method}.tsv"
+    conda:
+        "../../envs/attribute.yaml"
+    threads: config["resources"]["attribute"]["threads"]
+    resources:
+        gpu=config["resources"]["attribute"]["gpus"],
+    params:
+        settings=config["analysis"]["faithfulness"],
+        method_params=method_params,
+        seed=config["seed"],
+        device=config["device"],
+    script:
+        "../scripts/faithfulness.py"
+
+
+rule summarise_faithfulness:
+    input:
+        faithfulness_files,
+    output:
+        "results/summary/{dataset}/faithfulness.parquet",
+    log:
+        "logs/summarise_faithfulness/{dataset}.log",
+    benchmark:
+        "benchmarks/summarise_faithfulness/{dataset}.tsv"
+    conda:
+        "../../envs/attribute.yaml"
+    script:
+        "../scripts/summarise_faithfulness.py"
+
+
+rule sanity:
+    input:
+        saliency="results/saliency/{dataset}/{arch}/fold{fold}/{method}.parquet",
+        data=dataset_file,
+        model=model_file,
+    output:
+        "results/metrics/sanity/{dataset}/{arch}/fold{fold}/{method}.parquet",
+    log:
+        "logs/sanity/{dataset}/{arch}/fold{fold}/{method}.log",
+    benchmark:
+        "benchmarks/sanity/{dataset}/{arch}/fold{fold}/{method}.tsv"
+    conda:
+        "../../envs/attribute.yaml"
+    threads: config["resources"]["attribute"]["threads"]
+    resources:
+        gpu=config["resources"]["attribute"]["gpus"],
+    params:
+        settings=config["analysis"]["sanity"],
+        method_params=method_params,
+        batch_size=config["attribute"]["batch_size"],
+        seed=config["seed"],
+        device=config["device"],
+    script:
+        "../scripts/sanity.py"
+
+
+rule summarise_sanity:
+    input:
+        sanity_files,
+    output:
+        "results/summary/{dataset}/sanity.parquet",
+    log:
+        "logs/summarise_sanity/{dataset}.log",
+    benchmark:
+        "benchmarks/summarise_sanity/{dataset}.tsv"
+    conda:
+        "../../envs/attribute.yaml"
+    params:
+        pass_threshold=config["analysis"]["sanity"]["pass_threshold"],
+    script:
+        "../scripts/summarise_sanity.py"
+
+
+rule agreement:
+    input:
+        agreement_files,
+    output:
+        "results/summary/{dataset}/agreement.parquet",
+    log:
+        "logs/agreement/{dataset}.log",
+    benchmark:
+        "benchmarks/agreement/{dataset}.tsv"
+    conda:
+        "../../envs/metrics.yaml"
+    params:
+        top_k_percent=config["metrics"]["top_k_percent"],
+        same_target_only=config["analysis"]["agreement"]["same_target_only"],
+    script:
+        "../scripts/agreement.py"
+
+
+rule detection_by_family:
+    input:
+        saliency_change_files,
+    output:
+        "results/summary/{dataset}/detection_by_family.parquet",
+    log:
+        "logs/detection_by_family/{dataset}.log",
+    benchmark:
+        "benchmarks/detection_by_family/{dataset}.tsv"
+    conda:
+        "../../envs/metrics.yaml"
+    params:
+        cv_folds=config["analysis"]["detection"]["cv_folds"],
+        seed=config["seed"],
+    script:
+        "../scripts/detection.py"
+
+
+rule plot_agreement:
+    input:
+        "results/summary/{dataset}/agreement.parquet",
+    output:
+        report(
+            "results/plots/{dataset}/agreement.png",
+            caption="../report/agreement.rst",
+            category="Saliency analysis",
+            labels={"dataset": "{dataset}", "figure": "agreement between models"},
+        ),
+    log:
+        "logs/plots/{dataset}/agreement.log",
+    benchmark:
+        "benchmarks/plots/{dataset}/agreement.tsv"
+    conda:
+        "../../envs/plots.yaml"
+    params:
+        dpi=config["plots"]["dpi"],
+    script:
+        "../scripts/plot_agreement.py"
+
+
+rule plot_faithfulness:
+    input:
+        "results/summary/{dataset}/faithfulness.parquet",
+    output:
+        report(
+            "results/plots/{dataset}/faithfulness.png",
+            caption="../report/faithfulness.rst",
+            category="Saliency analysis",
+            labels={"dataset": "{dataset}", "figure": "faithfulness vs severity"},
+        ),
+    log:
+        "logs/plots/{dataset}/faithfulness.log",
+    benchmark:
+        "benchmarks/plots/{dataset}/faithfulness.tsv"
+    conda:
+        "../../envs/plots.yaml"
+    params:
+        dpi=config["plots"]["dpi"],
+    script:
+        "../scripts/plot_faithfulness.py"
+
+
+rule plot_sanity:
+    input:
+        sanity_files,
+    output:
+        report(
+            "results/plots/{dataset}/sanity.png",
+            caption="../report/sanity.rst",
+            category="Saliency analysis",
+            labels={"dataset": "{dataset}", "figure": "randomisation sanity check"},
+        ),
+    log:
+        "logs/plots/{dataset}/sanity.log",
+    benchmark:
+        "benchmarks/plots/{dataset}/sanity.tsv"
+    conda:
+        "../../envs/plots.yaml"
+    params:
+        dpi=config["plots"]["dpi"],
+    script:
+        "../scripts/plot_sanity.py"
+
+
+rule plot_detection_by_family:
+    input:
+        "results/summary/{dataset}/detection_by_family.parquet",
+    output:
+        report(
+            "results/plots/{dataset}/detection_by_family.png",
+            caption="../report/detection_by_family.rst",
+            category="Saliency analysis",
+            labels={"dataset": "{dataset}", "figure": "detection per perturbation family"},
+        ),
+    log:
+        "logs/plots/{dataset}/detection_by_family.log",
+    benchmark:
+        "benchmarks/plots/{dataset}/detection_by_family.tsv"
+    conda:
+        "../../envs/plots.yaml"
+    params:
+        dpi=config["plots"]["dpi"],
+    script:
+        "../scripts/plot_detection_by_family.py"

@@ -1,0 +1,54 @@
+"""Cascading model-randomisation sanity check of one model and method."""
+
+import numpy as np
+import pandas as pd
+import torch
+
+from saliency_robustness.attribution import default_cam_layer, method_params
+from saliency_robustness.data import dataset_info, load_npz
+from saliency_robustness.logs import log_to_file
+from saliency_robustness.models import load_model, resolve_device
+from saliency_robustness.sanity import model_randomisation
+from saliency_robustness.tables import write_parquet
+
+log_to_file(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+wc = snakemake.wildcards
+info = dataset_info(wc.dataset, snakemake.config["data"])
+cfg = snakemake.params.settings
+# The trained model's clean maps fix the images and targets (the attributed images).
+saliency = pd.read_parquet(snakemake.input.saliency)
+clean = saliency[saliency["severity"] == 0].drop_duplicates(["image_index", "target"])
+clean = clean.sort_values(["image_index", "target"]).head(cfg["max_images"])
+images = load_npz(snakemake.input.data)["test_images"][clean["image_index"].to_numpy()]
+device = resolve_device(snakemake.params.device)
+model = load_model(
+    snakemake.input.model, wc.arch, info.n_channels, info.n_classes, images.shape[1], device
+)
+params = method_params(
+    wc.method, snakemake.params.method_params, default_cam_layer(model, wc.arch, images.shape[1])
+)
+table = model_randomisation(
+    model,
+    images,
+    clean["target"].to_numpy(),
+    wc.method,
+    params,
+    granularity=cfg["granularity"],
+    batch_size=snakemake.params.batch_size,
+    seed=snakemake.params.seed,
+    device=device,
+)
+table["image_index"] = np.tile(
+    clean["image_index"].to_numpy(np.int32), table["stage_index"].nunique()
+)
+table = table.assign(
+    dataset=wc.dataset,
+    arch=wc.arch,
+    fold=np.int16(wc.fold),
+    method=wc.method,
+    variant="model",
+    height=np.int16(images.shape[1]),
+    width=np.int16(images.shape[2]),
+)
+write_parquet(table, snakemake.output[0])
