@@ -35,8 +35,47 @@ def perturbations_for(dataset):
     return config["perturb"]["perturbations"]
 
 
+CUSTOM = config["data"].get("custom") or {}
+
+
 def dataset_file(wildcards):
+    """The dataset's npz: built from data.custom, or the downloaded MedMNIST file."""
+    if wildcards.dataset in CUSTOM:
+        return f"resources/custom/{wildcards.dataset}_{SIZE}.npz"
     return f"resources/medmnist/{wildcards.dataset}_{SIZE}.npz"
+
+
+def _custom_csv(spec):
+    csv = Path(spec["csv"])
+    return csv if csv.is_absolute() else Path(spec["root"]) / csv
+
+
+def custom_dataset_inputs(wildcards):
+    """A folder dataset's CSV (editing it rebuilds the dataset); nothing for synthetic."""
+    spec = CUSTOM[wildcards.dataset]
+    return [str(_custom_csv(spec))] if spec["source"] == "folder" else []
+
+
+def custom_dataset_spec(wildcards):
+    return CUSTOM[wildcards.dataset]
+
+
+def has_masks(dataset):
+    """Whether localisation metrics apply: synthetic sets, and folder sets whose CSV has a
+    filled 'mask' column (stdlib csv: the main process may lack the library's packages).
+    """
+    import csv
+
+    spec = CUSTOM.get(dataset)
+    if spec is None:
+        return False
+    if spec["source"] == "synthetic":
+        return True
+    path = _custom_csv(spec)
+    if not path.is_file():
+        return False
+    with open(path, newline="") as handle:
+        return any((row.get("mask") or "").strip() for row in csv.DictReader(handle))
 
 
 def perturbed_files(wildcards):
@@ -130,6 +169,14 @@ def analysis_outputs(dataset):
     return files
 
 
+def localisation_files(wildcards):
+    return per_model(
+        "results/metrics/localisation/{dataset}/{arch}/fold{fold}/{method}.parquet",
+        wildcards.dataset,
+        method=METHODS,
+    )
+
+
 def example_saliency_files(wildcards):
     return expand(
         "results/saliency/{dataset}/{arch}/fold{fold}/{method}.parquet",
@@ -171,5 +218,10 @@ def all_outputs():
                 "misclassification_detection",
             ],
         )
+        if has_masks(dataset):  # localisation needs lesion masks
+            outputs += [
+                f"results/summary/{dataset}/localisation.parquet",
+                f"results/plots/{dataset}/localisation.png",
+            ]
         outputs += analysis_outputs(dataset)
     return outputs
