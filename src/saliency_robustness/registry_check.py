@@ -21,7 +21,15 @@ def config_errors(config: dict) -> list[str]:
                 )
 
     flags_2d = [flag for flag in INFO if not flag.endswith("3d")]
-    unknown("data.datasets", config["data"]["datasets"], flags_2d)
+    custom = config["data"].get("custom") or {}
+    unknown("data.datasets", config["data"]["datasets"], flags_2d + list(custom))
+    for name in custom:
+        if name in INFO:
+            errors.append(f"data.custom: '{name}' is a MedMNIST name; give the dataset another.")
+        elif name in config["data"]["datasets"]:  # unused entries are not checked (may be stale)
+            from saliency_robustness.custom_data import spec_errors
+
+            errors += spec_errors(name, custom[name], config["folds"]["k"])
     unknown("train.architectures", config["train"]["architectures"], ARCHITECTURES)
     unknown("perturb.perturbations", config["perturb"]["perturbations"], PERTURBATIONS)
     unknown("perturb.params", list(config["perturb"]["params"]), PERTURBATIONS)

@@ -29,3 +29,22 @@ rule folds:
         seed=config["seed"],
     script:
         "../scripts/make_folds.py"
+
+
+rule custom_dataset:
+    input:
+        custom_dataset_inputs,
+    output:
+        "resources/custom/{dataset}_{size}.npz",
+    log:
+        "logs/custom_dataset/{dataset}_{size}.log",
+    benchmark:
+        "benchmarks/custom_dataset/{dataset}_{size}.tsv"
+    conda:
+        "../../envs/data.yaml"
+    # The spec is a param: editing the dataset's config entry rebuilds it.
+    params:
+        spec=custom_dataset_spec,
+        seed=config["seed"],
+    script:
+        "../scripts/build_custom_dataset.py"

@@ -11,7 +11,7 @@ from saliency_robustness.tables import write_parquet
 log_to_file(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 wc = snakemake.wildcards
-info = dataset_info(wc.dataset)
+info = dataset_info(wc.dataset, snakemake.config["data"])
 arrays = load_npz(snakemake.input.data)
 device = resolve_device(snakemake.params.device)
 images = arrays["test_images"]

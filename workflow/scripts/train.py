@@ -20,7 +20,7 @@ from saliency_robustness.training import TrainSettings, train_classifier
 log_to_file(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 fold = int(snakemake.wildcards.fold)
-info = dataset_info(snakemake.wildcards.dataset)
+info = dataset_info(snakemake.wildcards.dataset, snakemake.config["data"])
 splits = fold_split(load_npz(snakemake.input.data), pd.read_parquet(snakemake.input.folds), fold)
 cfg = snakemake.params.train
 settings = TrainSettings(

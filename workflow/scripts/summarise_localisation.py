@@ -1,0 +1,8 @@
+"""Localisation scores of every model and method of one dataset: mean and SD over folds."""
+
+from saliency_robustness.localisation import summarise_localisation
+from saliency_robustness.logs import log_to_file
+from saliency_robustness.tables import read_parquet, write_parquet
+
+log_to_file(snakemake.log[0])
+write_parquet(summarise_localisation(read_parquet(list(snakemake.input))), snakemake.output[0])
