@@ -175,18 +175,18 @@ def _mri_motion(degrees: float) -> Transform:
         import torchio as tio
 
         n = 2  # two movements during the acquisition
-        # Magnitudes in [0.5, 1] x the severity's maximum with a random sign: random
-        # direction, but a severity never draws a near-zero movement. Layout (H, 1, W):
+        # Magnitudes in [0.8, 1] x the severity's maximum with a random sign: random
+        # direction, but little spread within a severity (keeps SSIM monotone). Layout (H, 1, W):
         # in-plane rotation is about axis 1, in-plane translation along axes 0 and 2.
         signs = rng.choice([-1.0, 1.0], size=(n, 3))
         rotation = np.zeros((n, 3))
-        rotation[:, 1] = degrees * rng.uniform(0.5, 1.0, n) * signs[:, 1]
+        rotation[:, 1] = degrees * rng.uniform(0.8, 1.0, n) * signs[:, 1]
         translation = np.zeros((n, 3))
-        shift = _scale(degrees / 4, image) * rng.uniform(0.5, 1.0, (n, 2)) * signs[:, [0, 2]]
+        shift = _scale(degrees / 4, image) * rng.uniform(0.8, 1.0, (n, 2)) * signs[:, [0, 2]]
         translation[:, [0, 2]] = shift
         # As torchio's RandomMotion: evenly spread movement times, jittered; torchio
         # fills the k-space centre from the original pose.
-        times = np.array([1 / 3, 2 / 3]) + rng.uniform(-0.1, 0.1, n)
+        times = np.array([1 / 3, 2 / 3]) + rng.uniform(-0.05, 0.05, n)
         return tio.Motion(
             degrees=rotation, translation=translation, times=times, image_interpolation="linear"
         )
@@ -456,7 +456,7 @@ _ENTRIES = [
     Perturbation(
         "mri_motion", "MRI acquisition", "torchio",
         "maximum in-plane rotation in degrees (translation = degrees/4 px at 28 px)",
-        (3, 6, 10, 16, 24), _mri_motion,
+        (3, 7, 12, 18, 26), _mri_motion,
         description="torchio Motion (k-space motion, Shaw et al. 2019), two movements",
     ),
     Perturbation(
