@@ -197,7 +197,10 @@ rule plot_detection_by_family:
             "results/plots/{dataset}/detection_by_family.png",
             caption="../report/detection_by_family.rst",
             category="Saliency analysis",
-            labels={"dataset": "{dataset}", "figure": "detection per perturbation family"},
+            labels={
+                "dataset": "{dataset}",
+                "figure": "detection per perturbation family",
+            },
         ),
     log:
         "logs/plots/{dataset}/detection_by_family.log",
