@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 
 def config_errors(config: dict) -> list[str]:
     """Every problem with registry names and cross-key constraints, one message each."""
     from medmnist import INFO
 
     from saliency_robustness.attribution import METHODS, method_params
-    from saliency_robustness.models import ARCHITECTURES
     from saliency_robustness.perturbations import PERTURBATIONS
 
     errors = []
@@ -30,7 +31,7 @@ def config_errors(config: dict) -> list[str]:
             from saliency_robustness.custom_data import spec_errors
 
             errors += spec_errors(name, custom[name], config["folds"]["k"])
-    unknown("train.architectures", config["train"]["architectures"], ARCHITECTURES)
+    errors += architecture_errors(config["train"])
     unknown("perturb.perturbations", config["perturb"]["perturbations"], PERTURBATIONS)
     unknown("perturb.params", list(config["perturb"]["params"]), PERTURBATIONS)
     unknown("attribute.methods", config["attribute"]["methods"], METHODS)
@@ -47,4 +48,47 @@ def config_errors(config: dict) -> list[str]:
             errors.append(
                 f"folds.run: fold {fold} does not exist with folds.k = {k} (use 0..{k - 1})."
             )
+    return errors
+
+def architecture_errors(train: dict) -> list[str]:
+    """Architecture names, ensembles (``train.ensembles``) and ImageNet weight files."""
+    from saliency_robustness.models import (
+        ARCHITECTURES,
+        imagenet_weights_path,
+        missing_weights_message,
+    )
+
+    errors = []
+    ensembles = train.get("ensembles") or {}
+    valid = sorted({*ARCHITECTURES, *ensembles})
+    for name in train["architectures"]:
+        if name not in valid:
+            errors.append(
+                f"train.architectures: unknown name '{name}'. Valid names: {', '.join(valid)}."
+            )
+    for name, members in ensembles.items():
+        if name in ARCHITECTURES:
+            errors.append(f"train.ensembles: '{name}' is an architecture; name it otherwise.")
+        if not re.fullmatch(r"[a-z0-9_]+", name):
+            errors.append(f"train.ensembles: name '{name}' must use only a-z, 0-9 and _.")
+        for member in members:
+            if member not in ARCHITECTURES:
+                errors.append(
+                    f"train.ensembles.{name}: unknown member '{member}' (members are "
+                    f"architectures, not ensembles). Valid: {', '.join(sorted(ARCHITECTURES))}."
+                )
+    for arch in train.get("weights_files") or {}:
+        if arch not in ARCHITECTURES:
+            errors.append(f"train.weights_files: unknown architecture '{arch}'.")
+    if train.get("weights") == "imagenet":
+        trained = [a for a in train["architectures"] if a not in ensembles]
+        trained += [m for a in train["architectures"] if a in ensembles for m in ensembles[a]]
+        for arch in dict.fromkeys(a for a in trained if a in ARCHITECTURES):
+            try:
+                path = imagenet_weights_path(arch, (train.get("weights_files") or {}).get(arch))
+            except ValueError as error:
+                errors.append(f"train.weights: {error}")
+                continue
+            if not path.is_file():
+                errors.append(f"train.weights: {missing_weights_message(arch, path)}")
     return errors
