@@ -43,7 +43,14 @@ from saliency_robustness.evaluation import (
     multi_label_array,
     predict_proba,
 )
-from saliency_robustness.models import get_architecture, get_layer, images_to_tensor
+from saliency_robustness.models import (
+    Ensemble,
+    cam_reshape_transform,
+    get_architecture,
+    get_layer,
+    images_to_tensor,
+    token_grid,
+)
 from saliency_robustness.registry import lookup
 
 log = logging.getLogger(__name__)
@@ -146,26 +153,37 @@ def _to_uint8(inputs: torch.Tensor) -> np.ndarray:
 # --- the target layer of CAM methods -------------------------------------------------------
 
 
-def _layer_output_sizes(model: nn.Module, input_shape: Sequence[int]) -> list[tuple[str, int, int]]:
+def _layer_output_sizes(
+    model: nn.Module, input_shape: Sequence[int], extra: Sequence[str] = ()
+) -> list[tuple[str, int, int]]:
     """(name, height, width) of every submodule in the top ``CAM_LAYER_DEPTH`` levels
-    with a 4-D output, in the order in which the modules finish during one dummy forward
-    pass; modules called more than once (shared activations) are left out, their output
-    is ambiguous."""
+    (and of the modules named in ``extra``) with a 4-D output, or, in a ViT, a token output
+    of the patch grid's size (the grid's height and width), in the order in which the
+    modules finish during one dummy forward pass; modules called more than once (shared
+    activations) are left out, their output is ambiguous."""
     records: list[tuple[str, int, int]] = []
     calls: dict[str, int] = {}
+    grid = token_grid(model)
 
     def hook(name: str):
         def record(_module, _inputs, output) -> None:
             calls[name] = calls.get(name, 0) + 1
             if isinstance(output, torch.Tensor) and output.ndim == 4:
                 records.append((name, int(output.shape[-2]), int(output.shape[-1])))
+            elif (
+                grid is not None
+                and isinstance(output, torch.Tensor)
+                and output.ndim == 3
+                and output.shape[1] == 1 + grid[0] * grid[1]
+            ):
+                records.append((name, *grid))
 
         return record
 
     handles = [
         module.register_forward_hook(hook(name))
         for name, module in model.named_modules()
-        if name and name.count(".") < CAM_LAYER_DEPTH
+        if name and (name.count(".") < CAM_LAYER_DEPTH or name in extra)
     ]
     parameter = next(model.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
@@ -203,13 +221,21 @@ def default_cam_layer(
     are walked from the deepest (last to finish) to the shallowest and the first with a
     large enough output is taken. For the ResNets this is ``layer4`` at 28 px (CIFAR stem,
     4x4) and at 224 px (ImageNet stem, 7x7), and ``layer3`` where ``layer4`` would be
-    smaller than 4x4 (e.g. 96 px with the ImageNet stem).
+    smaller than 4x4 (e.g. 96 px with the ImageNet stem). ``arch`` defaults to the
+    model's ``registry_name`` (set by ``models.build_model``). In a ViT a token layer counts
+    with its patch grid's size (the preferred layer is the last block's ``ln_1``).
     """
+    if isinstance(model, Ensemble):
+        raise ValueError(
+            "An ensemble has no single CAM layer: CAM methods average the members' maps, "
+            "each at the member's default layer (pass cam_layer=None)."
+        )
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
     channels = in_channels if in_channels is not None else _first_conv_channels(model)
-    sizes = _layer_output_sizes(model, (channels, height, width))
-    if arch is not None:
-        preferred = get_architecture(arch).cam_layer
+    arch = arch if arch is not None else getattr(model, "registry_name", None)
+    preferred = get_architecture(arch).cam_layer if arch is not None else None
+    sizes = _layer_output_sizes(model, (channels, height, width), [preferred] if preferred else [])
+    if preferred is not None:
         for name, h, w in sizes:
             if name == preferred and min(h, w) >= min_size:
                 return name
@@ -228,6 +254,31 @@ def _cam_layer_name(model: nn.Module, inputs: torch.Tensor, cam_layer: str | Non
         return default_cam_layer(model, None, tuple(inputs.shape[-2:]), inputs.shape[1])
     get_layer(model, cam_layer)  # an unknown name is a KeyError naming the layers
     return cam_layer
+
+
+def _member_average(compute: Callable) -> Callable:
+    """A CAM method that, on an ``Ensemble``, averages its members' maps, each member at
+    its own default CAM layer (the members may be different architectures, so no single
+    layer exists); on any other model ``compute`` itself."""
+
+    @functools.wraps(compute)
+    def wrapper(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *args, **kwargs):
+        if not isinstance(model, Ensemble):
+            return compute(model, inputs, targets, *args, **kwargs)
+        if kwargs.pop("cam_layer", None) not in (None, "auto"):
+            raise ValueError(
+                "cam_layer cannot be set for an ensemble: each member uses its own default "
+                "CAM layer; remove attribute.params.<method>.cam_layer."
+            )
+        maps = []
+        for member in model.members:
+            result = compute(member, inputs, targets, *args, cam_layer=None, **kwargs)
+            if isinstance(result, torch.Tensor):
+                result = result.detach().float().cpu().numpy()
+            maps.append(np.asarray(result, dtype=np.float32))
+        return np.mean(maps, axis=0)
+
+    return wrapper
 
 
 # --- a model copy for DeepLift and guided backpropagation -----------------------------------
@@ -433,6 +484,7 @@ def _guided_backprop(model: nn.Module, inputs: torch.Tensor, targets: torch.Tens
     return attributions.abs().sum(dim=1)
 
 
+@_member_average
 def _guided_gradcam(
     model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, cam_layer: str | None = None
 ) -> torch.Tensor:
@@ -614,7 +666,9 @@ def _silent_cam_progress() -> Iterator[None]:
 def _run_cam(cam_class, model, layer, inputs, targets, setup=None, **init) -> np.ndarray:
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    cam = cam_class(model=model, target_layers=[layer], **init)
+    # ViTs: tokens -> patch grid (pytorch-grad-cam's reshape_transform); None for CNNs
+    reshape = cam_reshape_transform(model)
+    cam = cam_class(model=model, target_layers=[layer], reshape_transform=reshape, **init)
     if setup is not None:
         setup(cam)
     try:
@@ -637,9 +691,10 @@ def _cam(class_name: str):
         return _run_cam(cam_class, model, layer, inputs, _int_targets(targets))
 
     compute.__name__ = f"_{class_name}"
-    return compute
+    return _member_average(compute)
 
 
+@_member_average
 def _scorecam(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -666,6 +721,7 @@ def _scorecam(
     )
 
 
+@_member_average
 def _ablationcam(
     model: nn.Module,
     inputs: torch.Tensor,

@@ -1,50 +1,318 @@
 """Architecture registry: one entry per architecture, adapted to image size and channels.
 
 Adding an architecture is one ``Architecture`` entry in ``ARCHITECTURES``.
+
+Small images (``image_size <= SMALL_IMAGE_MAX_SIZE``): the ImageNet stems divide the image
+by 32, which leaves 1x1 (28 px) or 2x2 (64 px) feature maps and constant Grad-CAM maps.
+The CNNs therefore get a small-image stem that removes the early strides and max-pools
+(the deepest feature map is then 4x4 at 28 px and 8x8 at 64 px); the pretrained kernels
+keep their shapes, so ImageNet weights still load. AlexNet, Inception-v3 and ViT-B/16
+have a hard minimum (or fixed) input size: they upsample the image bilinearly inside the
+model (``InputResize``) to ``Architecture.input_size``. ``vit_tiny`` is a small ViT built
+for the input size (patch 4 at 28 px, 8 at 64 px).
+
+ImageNet weights (``weights="imagenet"``) come from torchvision's local cache or a given
+file, never from the network; see ``imagenet_weights_path``.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision import models as tv_models
+from torchvision.models.vision_transformer import VisionTransformer
 
 from saliency_robustness.registry import lookup
+
+log = logging.getLogger(__name__)
 
 # Below this size the ImageNet stem (7x7 stride-2 conv + max-pool) shrinks the image to 1x1
 # at layer4 (28 px), which also makes Grad-CAM maps constant; use a CIFAR-style stem.
 SMALL_IMAGE_MAX_SIZE = 64
+WEIGHT_CHOICES = ("imagenet",)
 
 
-def _resnet(factory: Callable[..., nn.Module]) -> Callable[[int, int, int], nn.Module]:
-    def build(in_channels: int, n_classes: int, image_size: int) -> nn.Module:
+# --- building blocks --------------------------------------------------------------------------
+
+
+class InputResize(nn.Module):
+    """Bilinear resize of the input to ``size`` x ``size`` (differentiable, so gradient
+    maps come back at the original resolution)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = int(size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] == (self.size, self.size):
+            return x
+        return F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+
+
+def _resize_input(module: nn.Module, args: tuple) -> tuple:
+    return (module.input_resize(args[0]), *args[1:])
+
+
+def _upsample_inside(model: nn.Module, size: int) -> nn.Module:
+    """Resize inputs inside ``model`` (a forward pre-hook, so the torchvision module tree and
+    its state_dict keys stay as they are and ImageNet weights load unchanged)."""
+    model.input_resize = InputResize(size)
+    model.register_forward_pre_hook(_resize_input)
+    return model
+
+
+def _first_conv_name(model: nn.Module) -> str:
+    return next(name for name, m in model.named_modules() if isinstance(m, nn.Conv2d))
+
+
+def _set_in_channels(model: nn.Module, in_channels: int) -> None:
+    """Replace the first convolution by one with ``in_channels`` inputs, same geometry."""
+    name = _first_conv_name(model)
+    old = model.get_submodule(name)
+    if old.in_channels == in_channels:
+        return
+    new = nn.Conv2d(
+        in_channels,
+        old.out_channels,
+        old.kernel_size,
+        old.stride,
+        old.padding,
+        old.dilation,
+        old.groups,
+        old.bias is not None,
+    )
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def _stride1(conv: nn.Conv2d, padding: int | None = None) -> None:
+    conv.stride = (1, 1)
+    if padding is not None:
+        conv.padding = (padding, padding)
+
+
+# --- builders: (in_channels, n_classes, image_size, pretrained) -> model ----------------------
+
+Builder = Callable[[int, int, int, bool], nn.Module]
+
+
+def _resnet(factory: Callable[..., nn.Module]) -> Builder:
+    def build(in_channels: int, n_classes: int, image_size: int, pretrained: bool = False):
         model = factory(weights=None, num_classes=n_classes)
         if image_size <= SMALL_IMAGE_MAX_SIZE:
-            model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+            # CIFAR stem (3x3 stride 1, no max-pool) as in the MedMNIST paper; with ImageNet
+            # weights the pretrained 7x7 kernel is kept, at stride 1.
+            kernel = 7 if pretrained else 3
+            model.conv1 = nn.Conv2d(
+                in_channels, 64, kernel_size=kernel, stride=1, padding=kernel // 2, bias=False
+            )
             model.maxpool = nn.Identity()
-        elif in_channels != 3:
-            model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        _set_in_channels(model, in_channels)
         return model
 
     return build
 
 
+def _densenet(factory: Callable[..., nn.Module]) -> Builder:
+    def build(in_channels: int, n_classes: int, image_size: int, pretrained: bool = False):
+        model = factory(weights=None, num_classes=n_classes)
+        if image_size <= SMALL_IMAGE_MAX_SIZE:
+            _stride1(model.features.conv0)
+            model.features.pool0 = nn.Identity()
+            # ceil_mode: 7x7 -> 4x4 (not 3x3) at the last transition for 28 px images
+            for name in ("transition1", "transition2", "transition3"):
+                model.features.get_submodule(name).pool.ceil_mode = True
+        _set_in_channels(model, in_channels)
+        return model
+
+    return build
+
+
+def _efficientnet_b0(in_channels: int, n_classes: int, image_size: int, pretrained: bool = False):
+    model = tv_models.efficientnet_b0(weights=None, num_classes=n_classes)
+    if image_size <= SMALL_IMAGE_MAX_SIZE:
+        _stride1(model.features[0][0])  # stem conv
+        _stride1(model.features[2][0].block[1][0])  # first stride-2 depthwise conv
+    _set_in_channels(model, in_channels)
+    return model
+
+
+def _mobilenet_v2(in_channels: int, n_classes: int, image_size: int, pretrained: bool = False):
+    model = tv_models.mobilenet_v2(weights=None, num_classes=n_classes)
+    if image_size <= SMALL_IMAGE_MAX_SIZE:
+        _stride1(model.features[0][0])
+        _stride1(model.features[2].conv[1][0])
+    _set_in_channels(model, in_channels)
+    return model
+
+
+def _squeezenet1_1(in_channels: int, n_classes: int, image_size: int, pretrained: bool = False):
+    model = tv_models.squeezenet1_1(weights=None, num_classes=n_classes)
+    if image_size <= SMALL_IMAGE_MAX_SIZE:
+        _stride1(model.features[0], padding=1)
+        model.features[2] = nn.Identity()
+    _set_in_channels(model, in_channels)
+    return model
+
+
+def _vgg(factory: Callable[..., nn.Module]) -> Builder:
+    def build(in_channels: int, n_classes: int, image_size: int, pretrained: bool = False):
+        model = factory(weights=None, num_classes=n_classes)
+        if image_size <= SMALL_IMAGE_MAX_SIZE:
+            pools = [i for i, m in enumerate(model.features) if isinstance(m, nn.MaxPool2d)]
+            for index in pools[:2]:  # /8 instead of /32; the classifier keeps its shapes
+                model.features[index] = nn.Identity()
+        _set_in_channels(model, in_channels)
+        return model
+
+    return build
+
+
+def _alexnet(in_channels: int, n_classes: int, image_size: int, pretrained: bool = False):
+    model = tv_models.alexnet(weights=None, num_classes=n_classes)
+    if image_size < ALEXNET_INPUT:
+        _upsample_inside(model, ALEXNET_INPUT)
+    _set_in_channels(model, in_channels)
+    return model
+
+
+def _googlenet(in_channels: int, n_classes: int, image_size: int, pretrained: bool = False):
+    # transform_input stays False: our [-1, 1] scaling is already the one Google used.
+    model = tv_models.googlenet(
+        weights=None, num_classes=n_classes, aux_logits=False, transform_input=False,
+        init_weights=True,
+    )  # fmt: skip
+    if image_size <= SMALL_IMAGE_MAX_SIZE:
+        _stride1(model.conv1.conv)
+        model.maxpool1 = nn.Identity()
+    _set_in_channels(model, in_channels)
+    return model
+
+
+def _inception_v3(in_channels: int, n_classes: int, image_size: int, pretrained: bool = False):
+    model = tv_models.inception_v3(
+        weights=None, num_classes=n_classes, aux_logits=False, transform_input=False,
+        init_weights=True,
+    )  # fmt: skip
+    if image_size < INCEPTION_INPUT:
+        _upsample_inside(model, INCEPTION_INPUT)
+    _set_in_channels(model, in_channels)
+    return model
+
+
+def _vit_b_16(in_channels: int, n_classes: int, image_size: int, pretrained: bool = False):
+    model = tv_models.vit_b_16(weights=None, num_classes=n_classes)
+    if image_size != 224:  # fixed 14x14 patch grid (the positional embedding's size)
+        _upsample_inside(model, 224)
+    _set_in_channels(model, in_channels)
+    return model
+
+
+def vit_tiny_patch_size(image_size: int) -> int:
+    """Patch size of ``vit_tiny``: the smallest of 4, 8, 16 giving at most 14x14 tokens."""
+    for patch in (4, 8, 16):
+        if image_size % patch == 0 and image_size // patch <= 14:
+            return patch
+    raise ValueError(
+        f"vit_tiny needs an image size divisible by 4, 8 or 16 with at most 14 patches per "
+        f"side (e.g. 28, 56, 64, 128, 224); got {image_size}."
+    )
+
+
+def _vit_tiny(in_channels: int, n_classes: int, image_size: int, pretrained: bool = False):
+    # DeiT-Tiny widths (192 wide, 3 heads, 12 blocks) on the input's own patch grid.
+    model = VisionTransformer(
+        image_size=image_size,
+        patch_size=vit_tiny_patch_size(image_size),
+        num_layers=12,
+        num_heads=3,
+        hidden_dim=192,
+        mlp_dim=768,
+        num_classes=n_classes,
+    )
+    _set_in_channels(model, in_channels)
+    return model
+
+
+ALEXNET_INPUT = 112  # conv5 is 6x6 at 112 px (below 63 px AlexNet fails outright)
+INCEPTION_INPUT = 171  # Mixed_7c is 4x4 from 171 px (torchvision's minimum is 75 px)
+
+
 @dataclass(frozen=True)
 class Architecture:
-    """How to build a model and which layer Grad-CAM-style methods use by default."""
+    """How to build a model and which layer Grad-CAM-style methods use by default.
 
-    build: Callable[[int, int, int], nn.Module]
+    ``head``: module prefixes of the classifier head, replaced (freshly initialised for
+    the dataset's classes) when ImageNet weights are loaded. ``ignored_keys``: prefixes of
+    ImageNet state_dict entries the model does not have (auxiliary classifiers).
+    ``torchvision_name``: the torchvision model whose ImageNet weights fit (None: none).
+    ``sensible_at_28``: whether the model is a reasonable choice for 28 px images (README).
+    """
+
+    build: Builder
     cam_layer: str  # dotted module path, e.g. "layer4"; 4x4 at 28 px for ResNets
+    head: tuple[str, ...]
+    torchvision_name: str | None
+    sensible_at_28: bool = True
+    ignored_keys: tuple[str, ...] = field(default_factory=tuple)
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "resnet18": Architecture(build=_resnet(tv_models.resnet18), cam_layer="layer4"),
-    "resnet50": Architecture(build=_resnet(tv_models.resnet50), cam_layer="layer4"),
+    **{
+        name: Architecture(_resnet(getattr(tv_models, name)), "layer4", ("fc",), name)
+        for name in ("resnet18", "resnet34", "resnet50", "resnet101")
+    },
+    **{
+        name: Architecture(_densenet(getattr(tv_models, name)), "features", ("classifier",), name)
+        for name in ("densenet121", "densenet201")
+    },
+    "efficientnet_b0": Architecture(
+        _efficientnet_b0, "features", ("classifier.1",), "efficientnet_b0"
+    ),
+    "mobilenet_v2": Architecture(_mobilenet_v2, "features", ("classifier.1",), "mobilenet_v2"),
+    "squeezenet1_1": Architecture(_squeezenet1_1, "features", ("classifier.1",), "squeezenet1_1"),
+    # the last ReLU of the convolutional part (7x7 at 28 px; the pool after it gives 3x3)
+    "vgg11_bn": Architecture(
+        _vgg(tv_models.vgg11_bn), "features.27", ("classifier.6",), "vgg11_bn"
+    ),
+    "vgg19_bn": Architecture(
+        _vgg(tv_models.vgg19_bn), "features.51", ("classifier.6",), "vgg19_bn"
+    ),
+    "alexnet": Architecture(
+        _alexnet, "features.11", ("classifier.6",), "alexnet", sensible_at_28=False
+    ),
+    "googlenet": Architecture(
+        _googlenet, "inception5b", ("fc",), "googlenet", ignored_keys=("aux1.", "aux2.")
+    ),
+    "inception_v3": Architecture(
+        _inception_v3,
+        "Mixed_7c",
+        ("fc",),
+        "inception_v3",
+        sensible_at_28=False,
+        ignored_keys=("AuxLogits.",),
+    ),  # fmt: skip
+    # Grad-CAM on a ViT: the last block's first LayerNorm, tokens reshaped to the patch grid
+    # (pytorch-grad-cam's ViT recipe); the final LayerNorm only feeds the class token.
+    "vit_b_16": Architecture(
+        _vit_b_16,
+        "encoder.layers.encoder_layer_11.ln_1",
+        ("heads.head",),
+        "vit_b_16",
+        sensible_at_28=False,
+    ),  # fmt: skip
+    "vit_tiny": Architecture(
+        _vit_tiny, "encoder.layers.encoder_layer_11.ln_1", ("heads.head",), None
+    ),
 }
 
 
@@ -52,9 +320,161 @@ def get_architecture(name: str) -> Architecture:
     return lookup(ARCHITECTURES, name, "architecture")
 
 
-def build_model(name: str, in_channels: int, n_classes: int, image_size: int) -> nn.Module:
-    """A freshly initialised model (initialisation follows the torch seed)."""
-    return get_architecture(name).build(in_channels, n_classes, image_size)
+# --- ViT support for CAM methods ------------------------------------------------------------
+
+
+def token_grid(model: nn.Module) -> tuple[int, int] | None:
+    """(rows, columns) of a ViT's patch tokens; None for a CNN."""
+    if isinstance(model, VisionTransformer):
+        side = model.image_size // model.patch_size
+        return side, side
+    return None
+
+
+def tokens_to_grid(tensor: torch.Tensor) -> torch.Tensor:
+    """pytorch-grad-cam ``reshape_transform`` for ViTs: (N, 1 + h*w, C) tokens without the
+    class token -> (N, C, h, w). 4-D tensors pass through unchanged."""
+    if tensor.ndim != 3:
+        return tensor
+    side = math.isqrt(tensor.shape[1] - 1)
+    if side * side != tensor.shape[1] - 1:
+        raise ValueError(f"Cannot reshape {tensor.shape[1]} tokens into a square patch grid.")
+    return (
+        tensor[:, 1:, :].reshape(tensor.shape[0], side, side, tensor.shape[2]).permute(0, 3, 1, 2)
+    )
+
+
+def cam_reshape_transform(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The ``reshape_transform`` pytorch-grad-cam needs for ``model`` (None for CNNs)."""
+    return tokens_to_grid if token_grid(model) is not None else None
+
+
+# --- ImageNet weights -----------------------------------------------------------------------
+
+
+def imagenet_weights_url(name: str) -> str:
+    """URL of torchvision's default ImageNet weights for architecture ``name``."""
+    tv_name = get_architecture(name).torchvision_name
+    if tv_name is None:
+        raise ValueError(
+            f"torchvision has no ImageNet weights for '{name}'; use train.weights: null, or "
+            f"set train.weights_files.{name} to a state_dict file of this architecture."
+        )
+    return tv_models.get_model_weights(tv_name).DEFAULT.url
+
+
+def imagenet_weights_path(name: str, weights_file: str | os.PathLike | None = None) -> Path:
+    """Where the ImageNet weights of ``name`` are read from: ``weights_file`` when given,
+    else torchvision's cache, ``torch.hub.get_dir()/checkpoints/<file name of the URL>``
+    (``$TORCH_HOME/hub/checkpoints``, the place torchvision downloads to)."""
+    if weights_file is not None:
+        return Path(weights_file).expanduser()
+    url = imagenet_weights_url(name)
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def missing_weights_message(name: str, path: Path) -> str:
+    try:
+        source = f"Download {imagenet_weights_url(name)} and save it as {path}"
+    except ValueError as error:
+        source = str(error)
+    return (
+        f"ImageNet weights for '{name}' not found at {path}. {source} (torchvision's cache "
+        f"is $TORCH_HOME/hub/checkpoints; TORCH_HOME={os.environ.get('TORCH_HOME')!r}), or "
+        f"set train.weights_files.{name} to a local copy. There is no fallback to random "
+        "weights."
+    )
+
+
+# torchvision's DenseNet files use the old key names 'norm.1' for 'norm1' (its own loader,
+# torchvision.models.densenet._load_state_dict, renames them with this pattern).
+_DENSENET_OLD_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
+
+
+def _adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """RGB kernels for ``in_channels`` inputs: grayscale gets the sum over RGB (a gray image
+    copied into three channels gives exactly that response); other counts get the RGB mean
+    repeated and scaled by 3 / in_channels (the same response to a uniform image)."""
+    if in_channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    return weight.mean(dim=1, keepdim=True).repeat(1, in_channels, 1, 1) * (3.0 / in_channels)
+
+
+def _under(key: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether state_dict ``key`` belongs to one of the modules ``prefixes``."""
+    return any(key == p or key.startswith(p.rstrip(".") + ".") for p in prefixes)
+
+
+def load_imagenet_weights(
+    model: nn.Module, name: str, weights_file: str | os.PathLike | None = None
+) -> nn.Module:
+    """Copy ImageNet weights into ``model`` (built with ``pretrained=True``): the first
+    convolution adapted to the model's channels, the head (``Architecture.head``) kept as
+    initialised. Any other mismatch is an error, never a silent partial load."""
+    arch = get_architecture(name)
+    path = imagenet_weights_path(name, weights_file)
+    if not path.is_file():
+        raise FileNotFoundError(missing_weights_message(name, path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a state_dict (a dict of tensors).")
+    state = {_DENSENET_OLD_KEY.sub(r"\1\2", key): value for key, value in state.items()}
+    first_conv = _first_conv_name(model) + ".weight"
+    target = model.state_dict()
+    new, problems = {}, []
+    for key, value in target.items():
+        if _under(key, arch.head):
+            new[key] = value  # replaced head: the dataset's classes
+        elif key not in state and key.endswith("num_batches_tracked"):
+            new[key] = value  # files older than this BatchNorm counter (DenseNet) lack it
+        elif key not in state:
+            problems.append(f"{key}: missing in the file")
+        elif state[key].shape == value.shape:
+            new[key] = state[key].to(value.dtype)
+        elif key == first_conv and state[key].shape[2:] == value.shape[2:]:
+            new[key] = _adapt_first_conv(state[key], value.shape[1]).to(value.dtype)
+        else:
+            problems.append(f"{key}: file {tuple(state[key].shape)}, model {tuple(value.shape)}")
+    unused = [
+        key for key in state if key not in target and not _under(key, arch.head + arch.ignored_keys)
+    ]
+    problems += [f"{key}: in the file but not in the model" for key in unused]
+    if problems:
+        raise ValueError(
+            f"{path} does not fit architecture '{name}' ({len(problems)} problems): "
+            + "; ".join(problems[:5])
+        )
+    model.load_state_dict(new)
+    log.info("loaded ImageNet weights for %s from %s (head re-initialised)", name, path)
+    return model
+
+
+# --- public API -----------------------------------------------------------------------------
+
+
+def build_model(
+    name: str,
+    in_channels: int,
+    n_classes: int,
+    image_size: int,
+    weights: str | None = None,
+    weights_file: str | os.PathLike | None = None,
+) -> nn.Module:
+    """A model for ``in_channels`` x ``image_size`` px images and ``n_classes`` outputs.
+
+    ``weights=None``: freshly initialised (initialisation follows the torch seed).
+    ``weights="imagenet"``: ImageNet weights from ``weights_file`` or torchvision's cache
+    (``load_imagenet_weights``); the head is initialised from the torch seed.
+    """
+    if weights not in (None, *WEIGHT_CHOICES):
+        raise ValueError(f"weights: unknown value {weights!r}; use null or imagenet.")
+    model = get_architecture(name).build(in_channels, n_classes, image_size, weights is not None)
+    model.registry_name = name  # lets default_cam_layer find the preferred CAM layer
+    if weights == "imagenet":
+        load_imagenet_weights(model, name, weights_file)
+    return model
 
 
 def get_layer(model: nn.Module, dotted: str) -> nn.Module:
@@ -95,12 +515,92 @@ def load_model(
     n_classes: int,
     image_size: int,
     device: torch.device | str = "cpu",
+    weights: str | None = None,
 ) -> nn.Module:
-    """Build the architecture and load trained weights safely (no pickle code execution)."""
-    model = build_model(name, in_channels, n_classes, image_size)
+    """Build the architecture and load trained weights safely (no pickle code execution).
+
+    ``weights`` is the ``train.weights`` the model was trained with: a ResNet's small-image
+    stem keeps the 7x7 ImageNet kernel when it was pretrained (the file is not read again).
+    """
+    model = get_architecture(name).build(in_channels, n_classes, image_size, weights is not None)
+    model.registry_name = name
     state = torch.load(Path(path), map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     return model.to(device).eval()
+
+
+# --- ensembles ------------------------------------------------------------------------------
+
+
+class Ensemble(nn.Module):
+    """Members' averaged probabilities, returned as logits whose softmax (or sigmoid, for
+    ``output="sigmoid"``, multi-label) is exactly that average: log(mean p) for softmax,
+    logit(mean p) for sigmoid. Code that applies softmax/sigmoid to a model's output
+    (``predict_proba``, captum targets) therefore treats the ensemble like any model, and
+    gradients flow through every member."""
+
+    def __init__(
+        self, members: Sequence[nn.Module], names: Sequence[str], output: str = "softmax"
+    ) -> None:
+        super().__init__()
+        if len(members) < 2 or len(members) != len(names):
+            raise ValueError("An ensemble needs at least two members, each with a name.")
+        if output not in ("softmax", "sigmoid"):
+            raise ValueError(f"Ensemble output must be softmax or sigmoid, got {output!r}.")
+        self.members = nn.ModuleList(members)
+        self.member_names = list(names)
+        self.output = output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.output == "softmax":
+            probs = torch.stack([torch.softmax(m(x), dim=1) for m in self.members]).mean(0)
+            return torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))
+        probs = torch.stack([torch.sigmoid(m(x)) for m in self.members]).mean(0)
+        eps = torch.finfo(probs.dtype).eps
+        return torch.logit(probs, eps=eps)
+
+
+def load_ensemble(
+    paths: Sequence[str | os.PathLike],
+    members: Sequence[str],
+    in_channels: int,
+    n_classes: int,
+    image_size: int,
+    device: torch.device | str = "cpu",
+    weights: str | None = None,
+    output: str = "softmax",
+) -> Ensemble:
+    """An ``Ensemble`` of trained members, ``paths[i]`` holding ``members[i]``'s weights."""
+    if len(paths) != len(members):
+        raise ValueError(f"{len(members)} ensemble members but {len(paths)} weight files.")
+    models = [
+        load_model(path, name, in_channels, n_classes, image_size, device, weights)
+        for path, name in zip(paths, members, strict=True)
+    ]
+    return Ensemble(models, members, output).to(device).eval()
+
+
+def load_model_or_ensemble(
+    paths: str | os.PathLike | Sequence[str | os.PathLike],
+    arch: str,
+    ensembles: dict[str, list[str]],
+    in_channels: int,
+    n_classes: int,
+    image_size: int,
+    device: torch.device | str = "cpu",
+    weights: str | None = None,
+    output: str = "softmax",
+) -> nn.Module:
+    """``load_ensemble`` when ``arch`` names one of ``ensembles`` (``train.ensembles``),
+    else ``load_model`` of the single file."""
+    if arch in ensembles:
+        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        return load_ensemble(
+            paths, ensembles[arch], in_channels, n_classes, image_size, device, weights, output
+        )
+    if not isinstance(paths, (str, os.PathLike)):
+        (paths,) = list(paths)
+    return load_model(paths, arch, in_channels, n_classes, image_size, device, weights)
 
 
 def images_to_tensor(images) -> torch.Tensor:

@@ -38,6 +38,8 @@ class TrainSettings:
     gamma: float = 0.1
     seed: int = 0
     mixed_precision: bool = False  # float16 autocast + gradient scaling, CUDA only
+    weights: str | None = None  # None: random init; "imagenet": see models.build_model
+    weights_file: str | None = None  # ImageNet state_dict file; None: torchvision's cache
 
 
 @dataclass
@@ -88,7 +90,14 @@ def train_classifier(
         raise ValueError("Training and validation sets must not be empty; check the folds.")
     seed_everything(settings.seed)
     in_channels = 1 if train_images.ndim == 3 else train_images.shape[-1]
-    model = build_model(arch, in_channels, n_classes, train_images.shape[1]).to(device)
+    model = build_model(
+        arch,
+        in_channels,
+        n_classes,
+        train_images.shape[1],
+        weights=settings.weights,
+        weights_file=settings.weights_file,
+    ).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(
         optimiser, milestones=list(settings.milestones), gamma=settings.gamma

@@ -22,5 +22,7 @@ rule attribute:
         top_k_targets=config["attribute"]["top_k_targets"],
         seed=config["seed"],
         device=config["device"],
+        ensembles=ENSEMBLES,
+        weights=config["train"]["weights"],
     script:
         "../scripts/attribute.py"

@@ -26,6 +26,15 @@ else:
 DATASETS = config["data"]["datasets"]
 SIZE = config["data"]["size"]
 ARCHS = config["train"]["architectures"]
+ENSEMBLES = config["train"]["ensembles"]
+# Models that train jobs produce: the listed single architectures and every listed
+# ensemble's members (an ensemble itself is never trained, it averages its members).
+TRAINED_ARCHS = list(
+    dict.fromkeys(
+        [arch for arch in ARCHS if arch not in ENSEMBLES]
+        + [member for arch in ARCHS if arch in ENSEMBLES for member in ENSEMBLES[arch]]
+    )
+)
 FOLDS = config["folds"]["run"] or list(range(config["folds"]["k"]))
 METHODS = config["attribute"]["methods"]
 
@@ -87,7 +96,14 @@ def perturbed_files(wildcards):
 
 
 def model_file(wildcards):
-    return "results/models/{dataset}/{arch}/fold{fold}/model.pt".format(**wildcards)
+    """The model's weights; for an ensemble, every member's weights of the same fold."""
+    pattern = "results/models/{dataset}/{arch}/fold{fold}/model.pt"
+    if wildcards.arch in ENSEMBLES:
+        return [
+            pattern.format(dataset=wildcards.dataset, arch=member, fold=wildcards.fold)
+            for member in ENSEMBLES[wildcards.arch]
+        ]
+    return pattern.format(**wildcards)
 
 
 def per_model(pattern, dataset, **extra):
@@ -111,8 +127,11 @@ def classification_files(wildcards):
 
 
 def history_files(wildcards):
-    return per_model(
-        "results/models/{dataset}/{arch}/fold{fold}/history.parquet", wildcards.dataset
+    return expand(
+        "results/models/{dataset}/{arch}/fold{fold}/history.parquet",
+        dataset=wildcards.dataset,
+        arch=TRAINED_ARCHS,
+        fold=FOLDS,
     )
 
 

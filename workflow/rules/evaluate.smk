@@ -18,5 +18,7 @@ rule evaluate:
     params:
         batch_size=config["evaluate"]["batch_size"],
         device=config["device"],
+        ensembles=ENSEMBLES,
+        weights=config["train"]["weights"],
     script:
         "../scripts/evaluate.py"

@@ -10,7 +10,7 @@ from saliency_robustness.attribution import (
 from saliency_robustness.data import dataset_info, load_npz, load_perturbed
 from saliency_robustness.evaluation import is_multi_label
 from saliency_robustness.logs import log_to_file
-from saliency_robustness.models import load_model, resolve_device
+from saliency_robustness.models import load_model_or_ensemble, resolve_device
 from saliency_robustness.tables import write_parquet
 
 log_to_file(snakemake.log[0])
@@ -25,13 +25,25 @@ perturbed = {
     for name, (severities, stack) in load_perturbed(snakemake.input.perturbed).items()
 }
 device = resolve_device(snakemake.params.device)
-model = load_model(
-    snakemake.input.model, wc.arch, info.n_channels, info.n_classes, images.shape[1], device
+# an ensemble (train.ensembles) loads every member's model.pt of this fold
+model = load_model_or_ensemble(
+    snakemake.input.model,
+    wc.arch,
+    snakemake.params.ensembles,
+    info.n_channels,
+    info.n_classes,
+    images.shape[1],
+    device,
+    weights=snakemake.params.weights,
+    output="sigmoid" if is_multi_label(info.task) else "softmax",
 )
 params = method_params(
     wc.method,
     snakemake.params.method_params,
-    default_cam_layer(model, wc.arch, images.shape[1]),
+    # ensembles: None, each member's CAM uses the member's default layer
+    None
+    if wc.arch in snakemake.params.ensembles
+    else default_cam_layer(model, wc.arch, images.shape[1]),
 )
 table = attribute_clean_and_perturbed(
     model,

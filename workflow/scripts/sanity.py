@@ -6,8 +6,9 @@ import torch
 
 from saliency_robustness.attribution import default_cam_layer, method_params
 from saliency_robustness.data import dataset_info, load_npz
+from saliency_robustness.evaluation import is_multi_label
 from saliency_robustness.logs import log_to_file
-from saliency_robustness.models import load_model, resolve_device
+from saliency_robustness.models import load_model_or_ensemble, resolve_device
 from saliency_robustness.sanity import model_randomisation
 from saliency_robustness.tables import write_parquet
 
@@ -22,12 +23,21 @@ clean = saliency[saliency["severity"] == 0].drop_duplicates(["image_index", "tar
 clean = clean.sort_values(["image_index", "target"]).head(cfg["max_images"])
 images = load_npz(snakemake.input.data)["test_images"][clean["image_index"].to_numpy()]
 device = resolve_device(snakemake.params.device)
-model = load_model(
-    snakemake.input.model, wc.arch, info.n_channels, info.n_classes, images.shape[1], device
+ensembles = snakemake.config["train"]["ensembles"]  # an ensemble loads all its members
+model = load_model_or_ensemble(
+    snakemake.input.model,
+    wc.arch,
+    ensembles,
+    info.n_channels,
+    info.n_classes,
+    images.shape[1],
+    device,
+    weights=snakemake.config["train"]["weights"],
+    output="sigmoid" if is_multi_label(info.task) else "softmax",
 )
-params = method_params(
-    wc.method, snakemake.params.method_params, default_cam_layer(model, wc.arch, images.shape[1])
-)
+# ensembles: None, each member's CAM uses the member's default layer
+cam_layer = None if wc.arch in ensembles else default_cam_layer(model, wc.arch, images.shape[1])
+params = method_params(wc.method, snakemake.params.method_params, cam_layer)
 table = model_randomisation(
     model,
     images,

@@ -31,6 +31,8 @@ settings = TrainSettings(
     gamma=cfg["gamma"],
     seed=snakemake.params.seed + fold,
     mixed_precision=cfg["mixed_precision"],
+    weights=cfg["weights"],
+    weights_file=cfg["weights_files"].get(snakemake.wildcards.arch),
 )
 device = resolve_device(snakemake.params.device)
 multi_label = is_multi_label(info.task)
