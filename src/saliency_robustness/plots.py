@@ -60,6 +60,38 @@ def perturbation_preview(
     _save(figure, path, dpi)
 
 
+def perturbation_grid(
+    clean: np.ndarray,
+    perturbed: dict[str, np.ndarray],
+    severities: Sequence[int],
+    path: str | os.PathLike,
+    title: str = "",
+    dpi: int = 120,
+) -> None:
+    """One image under every perturbation x severity: rows are perturbations (``perturbed``
+    maps name -> (severity, H, W[, C]) stack), columns clean then each severity."""
+    names = list(perturbed)
+    n_cols = len(severities) + 1
+    figure, axes = plt.subplots(
+        len(names), n_cols, figsize=(1.3 * n_cols + 1.2, 1.3 * len(names)), squeeze=False
+    )
+    for row, name in enumerate(names):
+        for col, image in enumerate([clean, *perturbed[name]]):
+            ax = axes[row, col]
+            ax.imshow(image, **_gray(image))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title("clean" if col == 0 else f"severity {severities[col - 1]}", fontsize=8)
+        axes[row, 0].set_ylabel(name.replace("_", " "), fontsize=8, rotation=0, ha="right")
+    height = figure.get_figheight()
+    # Default margins are fractions of the figure: on a tall grid they leave inches of gap.
+    figure.subplots_adjust(top=1 - 0.45 / height, bottom=0.1 / height, wspace=0.05, hspace=0.1)
+    if title:
+        figure.suptitle(title, fontsize=10, y=1 - 0.1 / height)
+    _save(figure, path, dpi)
+
+
 def training_curves(history: pd.DataFrame, path: str | os.PathLike, dpi: int = 120) -> None:
     """Loss and validation AUC/ACC per epoch, one line per fold, one column per metric."""
     long = history.melt(

@@ -5,12 +5,23 @@ from __future__ import annotations
 import re
 
 
+def _n_channels(dataset: str) -> int | None:
+    """Channel count of a dataset, None where dataset_info does not know it (then the
+    RGB-only perturbation check is skipped rather than failing here)."""
+    from saliency_robustness.data import dataset_info
+
+    try:
+        return dataset_info(dataset).n_channels
+    except Exception:
+        return None
+
+
 def config_errors(config: dict) -> list[str]:
     """Every problem with registry names and cross-key constraints, one message each."""
     from medmnist import INFO
 
     from saliency_robustness.attribution import METHODS, method_params
-    from saliency_robustness.perturbations import PERTURBATIONS
+    from saliency_robustness.perturbations import PERTURBATIONS, perturb_config_errors
 
     errors = []
 
@@ -32,7 +43,12 @@ def config_errors(config: dict) -> list[str]:
 
             errors += spec_errors(name, custom[name], config["folds"]["k"])
     errors += architecture_errors(config["train"])
-    unknown("perturb.perturbations", config["perturb"]["perturbations"], PERTURBATIONS)
+    errors += perturb_config_errors(
+        config["perturb"],
+        config["data"]["datasets"],
+        config["train"]["architectures"],
+        _n_channels,
+    )
     unknown("perturb.params", list(config["perturb"]["params"]), PERTURBATIONS)
     unknown("attribute.methods", config["attribute"]["methods"], METHODS)
     unknown("attribute.params", list(config["attribute"]["params"]), METHODS)

@@ -135,3 +135,24 @@ def test_faithfulness_on_the_trained_resnet(model, clean_test_images):
         faithfulness(model, images, maps[:3], targets, settings)
     with pytest.raises(ValueError, match="percentiles"):
         FaithfulnessSettings(road_percentiles=(0, 50))
+
+
+def test_road_equals_pytorch_grad_cams_averaging_classes(model, clean_test_images):
+    from pytorch_grad_cam.metrics.road import (
+        ROADLeastRelevantFirstAverage,
+        ROADMostRelevantFirstAverage,
+    )
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    images = clean_test_images[:3]
+    targets = np.array([0, 1, 1])
+    inputs = images_to_tensor(images)
+    maps = np.random.default_rng(3).random((3, 28, 28)).astype(np.float32)
+    morf, lerf = road_scores(model, inputs, maps, targets, (30, 70), seed=5)
+    cam_targets = [ClassifierOutputSoftmaxTarget(int(t)) for t in targets]
+    torch.manual_seed(5)
+    with torch.no_grad():
+        expected_morf = ROADMostRelevantFirstAverage([30, 70])(inputs, maps, cam_targets, model)
+        expected_lerf = ROADLeastRelevantFirstAverage([30, 70])(inputs, maps, cam_targets, model)
+    assert np.allclose(morf, expected_morf, atol=1e-6)
+    assert np.allclose(lerf, expected_lerf, atol=1e-6)

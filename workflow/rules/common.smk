@@ -39,9 +39,28 @@ FOLDS = config["folds"]["run"] or list(range(config["folds"]["k"]))
 METHODS = config["attribute"]["methods"]
 
 
+_PERTURBATIONS_OF = {}
+
+
 def perturbations_for(dataset):
-    """Perturbation names applied to one dataset's test images."""
-    return config["perturb"]["perturbations"]
+    """Perturbation names applied to one dataset's test images: the configured list, or
+    for 'auto' the set of the dataset's modality (saliency_robustness.perturbations)."""
+    names = config["perturb"]["perturbations"]
+    if names != "auto":
+        return names
+    if dataset not in _PERTURBATIONS_OF:
+        from saliency_robustness.perturbations import resolve_perturbations
+
+        try:  # channel count filters RGB-only perturbations; unknown datasets skip that
+            from saliency_robustness.data import dataset_info
+
+            n_channels = dataset_info(dataset).n_channels
+        except Exception:
+            n_channels = None
+        _PERTURBATIONS_OF[dataset] = resolve_perturbations(
+            config["perturb"], dataset, n_channels
+        )
+    return _PERTURBATIONS_OF[dataset]
 
 
 CUSTOM = config["data"].get("custom") or {}
@@ -227,6 +246,14 @@ def all_outputs():
             dataset=dataset,
             perturbation=perturbations_for(dataset),
         )
+        outputs += [  # perturbation calibration, preview grid, robustness scores
+            f"results/summary/{dataset}/perturbation_calibration.parquet",
+            f"results/plots/{dataset}/perturbation_calibration.png",
+            f"results/plots/{dataset}/perturbation_grid.png",
+            f"results/summary/{dataset}/robustness.parquet",
+            f"results/summary/{dataset}/robustness_summary.parquet",
+            f"results/plots/{dataset}/robustness.png",
+        ]
         outputs += expand(
             "results/summary/{dataset}/{table}.parquet",
             dataset=dataset,
