@@ -58,6 +58,7 @@ def config_errors(config: dict) -> list[str]:
                 method_params(name, params)
             except ValueError as error:
                 errors.append(str(error))
+    errors += top_k_target_errors(config)
     k = config["folds"]["k"]
     for fold in config["folds"]["run"] or []:
         if fold >= k:
@@ -65,6 +66,27 @@ def config_errors(config: dict) -> list[str]:
                 f"folds.run: fold {fold} does not exist with folds.k = {k} (use 0..{k - 1})."
             )
     return errors
+
+
+def top_k_target_errors(config: dict) -> list[str]:
+    """``attribute.top_k_targets`` must not exceed a multi-label dataset's label count."""
+    from saliency_robustness.data import dataset_info
+    from saliency_robustness.evaluation import is_multi_label
+
+    k = config["attribute"].get("top_k_targets", 1)
+    errors = []
+    for name in config["data"]["datasets"]:
+        try:
+            info = dataset_info(name, config["data"])
+        except Exception:  # unknown names and bad custom entries are reported elsewhere
+            continue
+        if is_multi_label(info.task) and k > info.n_classes:
+            errors.append(
+                f"attribute.top_k_targets: {k} targets per image, but {name} has only "
+                f"{info.n_classes} labels; set it between 1 and {info.n_classes}."
+            )
+    return errors
+
 
 def architecture_errors(train: dict) -> list[str]:
     """Architecture names, ensembles (``train.ensembles``) and ImageNet weight files."""

@@ -32,6 +32,7 @@ from saliency_robustness.evaluation import (
 )
 from saliency_robustness.metrics import misclassification_detection, saliency_change
 from saliency_robustness.models import images_to_tensor
+from saliency_robustness.registry_check import top_k_target_errors
 from saliency_robustness.synthetic import KINDS, make_synthetic
 from saliency_robustness.tables import maps_from_table
 from saliency_robustness.training import TrainSettings, train_classifier
@@ -320,3 +321,26 @@ def test_saliency_change_names_a_perturbed_row_without_clean_row(attributed):
     broken = frame[~((frame["severity"] == 0) & (frame["image_index"] == 2))]
     with pytest.raises(ValueError, match="no clean row"):
         saliency_change(broken, top_k_percent=10)
+
+
+# --- config-time check -------------------------------------------------------------------
+
+
+def test_config_check_refuses_more_targets_than_labels():
+    config = {
+        "data": {
+            "datasets": ["chestmnist", "synml", "breastmnist"],
+            "custom": {"synml": {"source": "synthetic", "task": "multi-label"}},
+        },
+        "attribute": {"top_k_targets": 4},
+    }
+    errors = top_k_target_errors(config)
+    assert errors == [
+        "attribute.top_k_targets: 4 targets per image, but synml has only 3 labels; set it "
+        "between 1 and 3."
+    ]  # ChestMNIST has 14 labels; BreastMNIST is single-label (k is ignored there)
+    config["attribute"]["top_k_targets"] = 15
+    assert [e.split(",")[1].split(";")[0] for e in top_k_target_errors(config)] == [
+        " but chestmnist has only 14 labels",
+        " but synml has only 3 labels",
+    ]
