@@ -92,6 +92,41 @@ def perturbation_grid(
     _save(figure, path, dpi)
 
 
+def perturbation_calibration(table: pd.DataFrame, path: str | os.PathLike, dpi: int = 120) -> None:
+    """Mean SSIM and PSNR of perturbed vs clean test images against severity, one line per
+    perturbation (``table``: perturbation, severity, ssim, psnr)."""
+    long = table.melt(
+        id_vars=["perturbation", "severity"], value_vars=["ssim", "psnr"], var_name="metric"
+    )
+    grid = sns.relplot(
+        data=long,
+        x="severity",
+        y="value",
+        hue="perturbation",
+        col="metric",
+        kind="line",
+        marker="o",
+        facet_kws={"sharey": False},
+        height=3,
+    )
+    _short_titles(grid)
+    grid.set(xticks=sorted(table["severity"].unique()))
+    _save(grid.figure, path, dpi)
+
+
+def robustness_scores(table: pd.DataFrame, path: str | os.PathLike, dpi: int = 120) -> None:
+    """Balanced error per perturbation (mean over severities) for each architecture, with
+    the clean balanced error as a dashed line per architecture."""
+    figure, ax = plt.subplots(figsize=(max(4.0, 0.5 * table["perturbation"].nunique() + 2), 3))
+    sns.barplot(data=table, x="perturbation", y="be", hue="arch", ax=ax, errorbar="sd")
+    palette = dict(zip(table["arch"].unique(), sns.color_palette(), strict=False))
+    for arch, group in table.groupby("arch"):
+        ax.axhline(group["be_clean"].mean(), ls="--", lw=1, color=palette[arch])
+    ax.set_ylabel("balanced error (mean over severities)")
+    ax.tick_params(axis="x", rotation=60)
+    _save(figure, path, dpi)
+
+
 def training_curves(history: pd.DataFrame, path: str | os.PathLike, dpi: int = 120) -> None:
     """Loss and validation AUC/ACC per epoch, one line per fold, one column per metric."""
     long = history.melt(

@@ -5,13 +5,13 @@ from __future__ import annotations
 import re
 
 
-def _n_channels(dataset: str) -> int | None:
+def _n_channels(dataset: str, data_config: dict) -> int | None:
     """Channel count of a dataset, None where dataset_info does not know it (then the
     RGB-only perturbation check is skipped rather than failing here)."""
     from saliency_robustness.data import dataset_info
 
     try:
-        return dataset_info(dataset).n_channels
+        return dataset_info(dataset, data_config).n_channels
     except Exception:
         return None
 
@@ -47,7 +47,7 @@ def config_errors(config: dict) -> list[str]:
         config["perturb"],
         config["data"]["datasets"],
         config["train"]["architectures"],
-        _n_channels,
+        lambda dataset: _n_channels(dataset, config["data"]),
     )
     unknown("perturb.params", list(config["perturb"]["params"]), PERTURBATIONS)
     unknown("attribute.methods", config["attribute"]["methods"], METHODS)

@@ -54,7 +54,7 @@ def perturbations_for(dataset):
         try:  # channel count filters RGB-only perturbations; unknown datasets skip that
             from saliency_robustness.data import dataset_info
 
-            n_channels = dataset_info(dataset).n_channels
+            n_channels = dataset_info(dataset, config["data"]).n_channels
         except Exception:
             n_channels = None
         _PERTURBATIONS_OF[dataset] = resolve_perturbations(
