@@ -92,3 +92,12 @@ def test_sanity_pass_threshold_reruns_only_its_summary(tiny_run, tmp_path):
     edit = {"analysis": {"sanity": {**TINY["analysis"]["sanity"], "pass_threshold": 0.4}}}
     jobs = planned_jobs(tiny_run, tmp_path, edit)
     assert jobs == Counter({"summarise_sanity": 1, "all": 1})
+
+
+def test_data_randomisation_trains_one_shuffled_label_model(tiny_run, tmp_path):
+    edit = {"analysis": {"sanity": {**TINY["analysis"]["sanity"], "data_randomisation": True}}}
+    jobs = planned_jobs(tiny_run, tmp_path, edit)
+    assert jobs == Counter(
+        {"train_shuffled_labels": 1, "sanity_data": len(METHODS), "summarise_sanity": 1,
+         "plot_sanity": 1, "all": 1}
+    )  # fmt: skip

@@ -358,6 +358,8 @@ def sanity_randomisation(
     """Adebayo et al.'s figure per method (rows): the maps of one image as the model is
     randomised from the output layer down (columns), and the mean similarity to the trained
     model's maps per stage (last column). Shows the first (arch, fold) in the table."""
+    if "variant" in table:  # model randomisation only (data-randomisation rows: table)
+        table = table[table["variant"] == "model"]
     arch, fold = sorted(zip(table["arch"], table["fold"], strict=True))[0]
     table = table[(table["arch"] == arch) & (table["fold"] == fold)]
     methods = sorted(table["method"].unique())

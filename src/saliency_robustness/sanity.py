@@ -130,6 +130,37 @@ def model_randomisation(
     stages += [
         (name, maps_of(net)) for name, net in cascading_randomisation(model, granularity, seed)
     ]
+    return _stage_table(stages, targets)
+
+
+def data_randomisation(
+    model: nn.Module,
+    shuffled_model: nn.Module,
+    images: np.ndarray,
+    targets: np.ndarray,
+    method: str,
+    params: dict,
+    batch_size: int = 32,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> pd.DataFrame:
+    """Data randomisation test: the method's maps of a model trained on shuffled labels
+    (``shuffled_labels``) against the trained model's, same images and targets. Rows as in
+    ``model_randomisation``: stage 0 'none' (the trained model), stage 1 'shuffled labels'.
+    """
+    targets = np.asarray(targets).reshape(-1)
+
+    def maps_of(net: nn.Module) -> np.ndarray:
+        torch.manual_seed(seed)
+        return compute_maps(net, images, targets, method, params, batch_size, device, seed)
+
+    original = maps_of(model)
+    return _stage_table([("none", original), ("shuffled labels", maps_of(shuffled_model))], targets)
+
+
+def _stage_table(stages: list[tuple[str, np.ndarray]], targets: np.ndarray) -> pd.DataFrame:
+    """Per stage and image: similarity of the stage's maps to stage 0's, and the maps."""
+    original = stages[0][1]
     frames = []
     for index, (name, maps) in enumerate(stages):
         values = similarities(original, maps)
@@ -138,7 +169,7 @@ def model_randomisation(
                 {
                     "stage_index": np.int16(index),
                     "stage": name,
-                    "image_index": np.arange(len(images), dtype=np.int32),
+                    "image_index": np.arange(len(maps), dtype=np.int32),
                     "target": targets.astype(np.int16),
                     **values,
                     "saliency": list(maps.reshape(len(maps), -1).astype(np.float32)),

@@ -9,6 +9,7 @@ import torch
 
 from saliency_robustness.sanity import (
     cascading_randomisation,
+    data_randomisation,
     hog_similarity,
     model_randomisation,
     randomisation_order,
@@ -62,3 +63,26 @@ def test_hog_similarity_and_shuffled_labels():
     labels = np.array([0] * 30 + [1] * 10)
     shuffled = shuffled_labels(labels, seed=3)
     assert sorted(shuffled) == sorted(labels) and not np.array_equal(shuffled, labels)
+
+
+def test_data_randomisation_against_a_model_trained_on_shuffled_labels(
+    model, breast, clean_test_images
+):
+    from saliency_robustness.training import TrainSettings, train_classifier
+
+    train_labels = breast["train_labels"][:128]
+    shuffled = train_classifier(
+        "resnet18",
+        (breast["train_images"][:128], shuffled_labels(train_labels, seed=0)),
+        (breast["val_images"][:32], shuffled_labels(breast["val_labels"][:32], seed=1)),
+        2,
+        TrainSettings(epochs=1, batch_size=64, seed=0),
+        torch.device("cpu"),
+    ).model.eval()
+    images = clean_test_images[:4]
+    targets = np.ones(4, int)
+    table = data_randomisation(model, shuffled, images, targets, "sobel", {})
+    assert table["stage"].tolist() == ["none"] * 4 + ["shuffled labels"] * 4
+    assert np.allclose(table[["ssim", "spearman", "hog"]], 1.0)  # the control ignores the model
+    gradients = data_randomisation(model, shuffled, images, targets, "saliency", {})
+    assert (gradients.loc[gradients["stage_index"] == 1, "ssim"] < 1).all()

@@ -212,3 +212,53 @@ rule plot_detection_by_family:
         dpi=config["plots"]["dpi"],
     script:
         "../scripts/plot_detection_by_family.py"
+
+
+rule train_shuffled_labels:
+    input:
+        data=dataset_file,
+        folds="results/folds/{dataset}.parquet",
+    output:
+        "results/models/{dataset}/{arch}/fold{fold}/shuffled_labels.pt",
+    log:
+        "logs/train_shuffled_labels/{dataset}/{arch}/fold{fold}.log",
+    benchmark:
+        "benchmarks/train_shuffled_labels/{dataset}/{arch}/fold{fold}.tsv"
+    conda:
+        "../../envs/attribute.yaml"
+    threads: config["resources"]["train"]["threads"]
+    resources:
+        gpu=config["resources"]["train"]["gpus"],
+    params:
+        train=config["train"],
+        seed=config["seed"],
+        device=config["device"],
+    script:
+        "../scripts/train_shuffled_labels.py"
+
+
+rule sanity_data:
+    input:
+        saliency="results/saliency/{dataset}/{arch}/fold{fold}/{method}.parquet",
+        data=dataset_file,
+        model=model_file,
+        shuffled_model="results/models/{dataset}/{arch}/fold{fold}/shuffled_labels.pt",
+    output:
+        "results/metrics/sanity_data/{dataset}/{arch}/fold{fold}/{method}.parquet",
+    log:
+        "logs/sanity_data/{dataset}/{arch}/fold{fold}/{method}.log",
+    benchmark:
+        "benchmarks/sanity_data/{dataset}/{arch}/fold{fold}/{method}.tsv"
+    conda:
+        "../../envs/attribute.yaml"
+    threads: config["resources"]["attribute"]["threads"]
+    resources:
+        gpu=config["resources"]["attribute"]["gpus"],
+    params:
+        settings=config["analysis"]["sanity"],
+        method_params=method_params,
+        batch_size=config["attribute"]["batch_size"],
+        seed=config["seed"],
+        device=config["device"],
+    script:
+        "../scripts/sanity.py"

@@ -180,14 +180,24 @@ def faithfulness_files(wildcards):
 
 
 def sanity_files(wildcards):
-    """Randomisation checks of each architecture's first fold (they test the method)."""
-    return expand(
+    """Randomisation checks of each architecture's first fold (they test the method); with
+    analysis.sanity.data_randomisation also the shuffled-label model's (not for ensembles)."""
+    files = expand(
         "results/metrics/sanity/{dataset}/{arch}/fold{fold}/{method}.parquet",
         dataset=wildcards.dataset,
         arch=ARCHS,
         fold=FOLDS[0],
         method=METHODS,
     )
+    if config["analysis"]["sanity"]["data_randomisation"]:
+        files += expand(
+            "results/metrics/sanity_data/{dataset}/{arch}/fold{fold}/{method}.parquet",
+            dataset=wildcards.dataset,
+            arch=[arch for arch in ARCHS if arch not in ENSEMBLES],
+            fold=FOLDS[0],
+            method=METHODS,
+        )
+    return files
 
 
 def analysis_outputs(dataset):

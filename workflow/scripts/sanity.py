@@ -9,7 +9,7 @@ from saliency_robustness.data import dataset_info, load_npz
 from saliency_robustness.evaluation import is_multi_label
 from saliency_robustness.logs import log_to_file
 from saliency_robustness.models import load_model_or_ensemble, resolve_device
-from saliency_robustness.sanity import model_randomisation
+from saliency_robustness.sanity import data_randomisation, model_randomisation
 from saliency_robustness.tables import write_parquet
 
 log_to_file(snakemake.log[0])
@@ -38,17 +38,38 @@ model = load_model_or_ensemble(
 # ensembles: None, each member's CAM uses the member's default layer
 cam_layer = None if wc.arch in ensembles else default_cam_layer(model, wc.arch, images.shape[1])
 params = method_params(wc.method, snakemake.params.method_params, cam_layer)
-table = model_randomisation(
-    model,
-    images,
-    clean["target"].to_numpy(),
-    wc.method,
-    params,
-    granularity=cfg["granularity"],
-    batch_size=snakemake.params.batch_size,
-    seed=snakemake.params.seed,
-    device=device,
-)
+targets = clean["target"].to_numpy()
+if hasattr(snakemake.input, "shuffled_model"):  # a Namedlist: `in` tests values
+    # data randomisation: the same architecture trained on shuffled labels
+    variant = "data"
+    shuffled = load_model_or_ensemble(
+        snakemake.input.shuffled_model,
+        wc.arch,
+        ensembles,
+        info.n_channels,
+        info.n_classes,
+        images.shape[1],
+        device,
+        weights=snakemake.config["train"]["weights"],
+        output="sigmoid" if is_multi_label(info.task) else "softmax",
+    )
+    table = data_randomisation(
+        model, shuffled, images, targets, wc.method, params,
+        batch_size=snakemake.params.batch_size, seed=snakemake.params.seed, device=device,
+    )  # fmt: skip
+else:
+    variant = "model"
+    table = model_randomisation(
+        model,
+        images,
+        targets,
+        wc.method,
+        params,
+        granularity=cfg["granularity"],
+        batch_size=snakemake.params.batch_size,
+        seed=snakemake.params.seed,
+        device=device,
+    )
 table["image_index"] = np.tile(
     clean["image_index"].to_numpy(np.int32), table["stage_index"].nunique()
 )
@@ -57,7 +78,7 @@ table = table.assign(
     arch=wc.arch,
     fold=np.int16(wc.fold),
     method=wc.method,
-    variant="model",
+    variant=variant,
     height=np.int16(images.shape[1]),
     width=np.int16(images.shape[2]),
 )

@@ -1,0 +1,45 @@
+"""Train one (dataset, architecture, fold) on shuffled labels: the data-randomisation
+sanity check's model (Adebayo et al. 2018). Same recipe as the train rule."""
+
+import pandas as pd
+import torch
+
+from saliency_robustness.data import dataset_info, fold_split, load_npz
+from saliency_robustness.evaluation import is_multi_label
+from saliency_robustness.logs import log_to_file
+from saliency_robustness.models import resolve_device, save_weights
+from saliency_robustness.sanity import shuffled_labels
+from saliency_robustness.training import TrainSettings, train_classifier
+
+log_to_file(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+fold = int(snakemake.wildcards.fold)
+info = dataset_info(snakemake.wildcards.dataset, snakemake.config["data"])
+splits = fold_split(load_npz(snakemake.input.data), pd.read_parquet(snakemake.input.folds), fold)
+seed = snakemake.params.seed + fold
+# Both training and validation labels are permuted: the checkpoint choice must not see
+# the true labels either.
+train_images, train_labels = splits["train"]
+val_images, val_labels = splits["val"]
+cfg = snakemake.params.train
+settings = TrainSettings(
+    epochs=cfg["epochs"],
+    batch_size=cfg["batch_size"],
+    lr=cfg["lr"],
+    milestones=tuple(cfg["milestones"]),
+    gamma=cfg["gamma"],
+    seed=seed,
+    mixed_precision=cfg["mixed_precision"],
+    weights=cfg["weights"],
+    weights_file=cfg["weights_files"].get(snakemake.wildcards.arch),
+)
+result = train_classifier(
+    snakemake.wildcards.arch,
+    (train_images, shuffled_labels(train_labels, seed)),
+    (val_images, shuffled_labels(val_labels, seed + 1)),
+    info.n_classes,
+    settings,
+    resolve_device(snakemake.params.device),
+    multi_label=is_multi_label(info.task),
+)
+save_weights(result.model, snakemake.output[0])
