@@ -104,14 +104,15 @@ def test_robustness_scores(auto_run):
 def test_explicit_torchio_list_runs_perturb_jobs(tmp_path, mirror_url):
     names = ["mri_motion", "ghosting", "spike", "bias_field"]
     targets = [f"results/perturbed/breastmnist/{n}.npz" for n in names]
+    extra = _config_file(tmp_path, {"perturbations": names, "severities": [2, 4]})
     result = snakemake(
         tmp_path,
         "--config",
         f"mirror={mirror_url}",
-        f"perturb={{perturbations: [{', '.join(names)}], severities: [2, 4]}}",
         "--",
         *targets,
         "results/plots/breastmnist/perturbation_grid.png",
+        presets=("tiny", extra),
     )
     if result.returncode != 0:
         _fail(result)
@@ -121,18 +122,34 @@ def test_explicit_torchio_list_runs_perturb_jobs(tmp_path, mirror_url):
     assert not (tmp_path / "results" / "models").exists()
 
 
+def _config_file(folder, perturb: dict):
+    path = folder / "perturb.yaml"
+    path.write_text(yaml.safe_dump({"perturb": perturb}))
+    return path
+
+
 @pytest.mark.parametrize(
-    ("perturb", "message"),
+    ("perturb", "messages"),
     [
-        ("{perturbations: [saturation, contrast]}", "'saturation' is RGB-only"),
-        ("{perturbations: [fog]}", "unknown name 'fog'. Valid names: bias_field"),
-        ("{perturbations: auto, sets: {ultrasound: [speckle]}}", "perturb.sets.ultrasound"),
-        ("{baseline_arch: vgg99}", "perturb.baseline_arch: 'vgg99'"),
-        ("{severities: [0, 3]}", "severities"),
+        (  # every registry-level problem is reported in one go
+            {
+                "perturbations": ["saturation", "contrast", "fog"],
+                "sets": {"ultrasound": ["speckle"]},
+                "baseline_arch": "vgg99",
+            },
+            [
+                "'saturation' is RGB-only but dataset 'breastmnist' has 1 channel(s)",
+                "unknown name 'fog'. Valid names: bias_field",
+                "perturb.sets.ultrasound: unknown name 'speckle'",
+                "perturb.baseline_arch: 'vgg99'",
+            ],
+        ),
+        ({"severities": [0, 3]}, ["0 is less than the minimum of 1"]),
     ],
 )
-def test_config_errors_stop_before_any_job(tmp_path, perturb, message):
-    result = snakemake(tmp_path, "-n", "--config", f"perturb={perturb}")
+def test_config_errors_stop_before_any_job(tmp_path, perturb, messages):
+    result = snakemake(tmp_path, "-n", presets=("tiny", _config_file(tmp_path, perturb)))
     assert result.returncode != 0
-    assert message in result.stdout + result.stderr
+    for message in messages:
+        assert message in result.stdout + result.stderr, result.stderr[-3000:]
     assert not (tmp_path / "results").exists()
