@@ -105,6 +105,7 @@ rule agreement:
         "../scripts/agreement.py"
 
 
+# perturb env: the perturbation registry (for the families) imports the perturbation backends
 rule detection_by_family:
     input:
         saliency_change_files,
@@ -115,7 +116,7 @@ rule detection_by_family:
     benchmark:
         "benchmarks/detection_by_family/{dataset}.tsv"
     conda:
-        "../../envs/metrics.yaml"
+        "../../envs/perturb.yaml"
     params:
         cv_folds=config["analysis"]["detection"]["cv_folds"],
         seed=config["seed"],
