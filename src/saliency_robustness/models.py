@@ -167,10 +167,15 @@ def _squeezenet1_1(in_channels: int, n_classes: int, image_size: int, pretrained
 def _vgg(factory: Callable[..., nn.Module]) -> Builder:
     def build(in_channels: int, n_classes: int, image_size: int, pretrained: bool = False):
         model = factory(weights=None, num_classes=n_classes)
-        if image_size <= SMALL_IMAGE_MAX_SIZE:
-            pools = [i for i, m in enumerate(model.features) if isinstance(m, nn.MaxPool2d)]
-            for index in pools[:2]:  # /8 instead of /32; the classifier keeps its shapes
-                model.features[index] = nn.Identity()
+        # Remove the first max-pools until the last conv block keeps >= 4x4 positions (two
+        # at 28 px, none from 64 px: removing them at 64 px would cost as much as 224 px);
+        # the classifier keeps its shapes (its adaptive pool resizes to 7x7).
+        pools = [i for i, m in enumerate(model.features) if isinstance(m, nn.MaxPool2d)]
+        removed = 0
+        while removed < 4 and image_size // 2 ** (4 - removed) < 4:
+            removed += 1
+        for index in pools[:removed]:
+            model.features[index] = nn.Identity()
         _set_in_channels(model, in_channels)
         return model
 

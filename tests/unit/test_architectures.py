@@ -32,6 +32,7 @@ from saliency_robustness.models import (
     images_to_tensor,
     load_model,
     load_model_or_ensemble,
+    missing_weights_message,
     save_weights,
     token_grid,
 )
@@ -289,3 +290,31 @@ def test_ensemble_loads_from_member_files(members, breast, tmp_path):
     assert not isinstance(single, Ensemble)
     with pytest.raises(ValueError, match="2 ensemble members but 1 weight files"):
         load_model_or_ensemble(paths[:1], "res_mobile", ensembles, 1, 2, 28)
+
+
+def test_config_check_of_architectures_ensembles_and_weights(tmp_path, monkeypatch):
+    from saliency_robustness.registry_check import architecture_errors
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    ok = {"architectures": ["resnet18", "ens"], "ensembles": {"ens": ["resnet18", "vit_tiny"]}}
+    assert architecture_errors(ok) == []
+    bad = {
+        "architectures": ["resnet19", "ens", "resnet18"],
+        "ensembles": {"ens": ["resnet18", "other"], "resnet18": ["alexnet", "vgg11_bn"]},
+        "weights_files": {"resnet99": "x.pth"},
+    }
+    errors = "\n".join(architecture_errors(bad))
+    assert "train.architectures: unknown name 'resnet19'" in errors
+    assert "train.ensembles.ens: unknown member 'other'" in errors
+    assert "train.ensembles: 'resnet18' is an architecture" in errors
+    assert "train.weights_files: unknown architecture 'resnet99'" in errors
+    # imagenet weights: every trained model's file must exist before any job runs
+    weights = {**ok, "weights": "imagenet"}
+    errors = "\n".join(architecture_errors(weights))
+    assert str(tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in errors
+    assert "torchvision has no ImageNet weights for 'vit_tiny'" in errors
+    _write_imagenet_file("resnet18", tmp_path)
+    given = {**weights, "weights_files": {"vit_tiny": str(tmp_path / "vit.pth")}}
+    assert architecture_errors(given) == [
+        "train.weights: " + missing_weights_message("vit_tiny", tmp_path / "vit.pth")
+    ]

@@ -25,7 +25,6 @@ from saliency_robustness.attribution import (
 )
 from saliency_robustness.evaluation import predict_proba
 from saliency_robustness.models import (
-    ARCHITECTURES,
     build_model,
     get_architecture,
     get_layer,
@@ -124,7 +123,10 @@ def test_gradcam_at_the_default_layer_is_not_constant(model, clean_test_images):
     assert (varied.min(axis=(1, 2)) >= 0).all() and (varied.max(axis=(1, 2)) <= 1 + 1e-6).all()
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+# The ResNets here; every registered architecture (after one training step, at 28 and 64 px)
+# in tests/unit/test_architectures.py: untrained MobileNetV2 saturates its ReLU6 in eval
+# mode and gives constant maps, which says nothing about the CAM layer.
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
 def test_gradcam_at_the_default_layer_is_not_constant_for_every_architecture(
     arch, model, clean_test_images
 ):
