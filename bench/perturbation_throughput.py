@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from skimage.transform import resize
 
 from saliency_robustness.data import load_npz
@@ -96,6 +97,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n28", type=int, default=156, help="images at 28 px")
     parser.add_argument("--n224", type=int, default=16, help="images at 224 px")
     args = parser.parse_args(argv)
+    # As in the perturb rule (one thread per job): torchio's small per-image FFTs gain nothing
+    # from intra-op threads, and spinning OpenMP threads distort timings on a shared machine.
+    torch.set_num_threads(1)
 
     sizes = {28: args.n28, 224: args.n224}
     rates = measure(batches(sizes), args.perturbations, args.repeats)

@@ -281,7 +281,8 @@ def _gibbs_ringing(keep: float) -> Transform:
 
 def _low_resolution(factor: float) -> Transform:
     # Acquisition at a coarser grid, shown at the original grid: anti-aliased downsampling
-    # to ``factor`` x the side, then cubic interpolation back (scikit-image).
+    # to ``factor`` x the side, then linear interpolation back (scikit-image; linear as in
+    # torchio's RandomAnisotropy, and cubic costs 18x more at 224 px).
     def apply(image: np.ndarray, seed: int) -> np.ndarray:
         from skimage.transform import resize
 
@@ -289,7 +290,7 @@ def _low_resolution(factor: float) -> Transform:
         h, w, c = hwc.shape
         small = (max(2, round(h * factor)), max(2, round(w * factor)), c)
         low = resize(hwc, small, order=1, anti_aliasing=True, preserve_range=True)
-        back = resize(low, hwc.shape, order=3, anti_aliasing=False, preserve_range=True)
+        back = resize(low, hwc.shape, order=1, anti_aliasing=False, preserve_range=True)
         return _like(_to_uint8(back), image)
 
     return apply
@@ -331,13 +332,14 @@ def _disk_kernel(radius: float) -> np.ndarray:
 
 def _defocus_blur(radius: float) -> Transform:
     def apply(image: np.ndarray, seed: int) -> np.ndarray:
-        from scipy.ndimage import convolve
+        from scipy.signal import fftconvolve
 
         kernel = _disk_kernel(max(_scale(radius, image), 0.5))
-        hwc = _hwc(image).astype(np.float64)
-        out = np.stack(
-            [convolve(hwc[..., c], kernel, mode="reflect") for c in range(hwc.shape[2])], -1
-        )
+        # Mirror padding, then an FFT convolution: the disk grows with the side, and direct
+        # convolution with a 21 x 21 kernel at 224 px was the slowest step.
+        pad = kernel.shape[0] // 2
+        hwc = np.pad(_hwc(image).astype(np.float64), ((pad, pad), (pad, pad), (0, 0)), "symmetric")
+        out = fftconvolve(hwc, kernel[..., None], mode="valid")
         return _like(_to_uint8(out), image)
 
     return apply
@@ -384,13 +386,18 @@ def _brightness(shift: float) -> Transform:
 
 
 def _saturation(factor: float) -> Transform:
-    # Colour saturation scaled in HSV (faded or over-saturated stains and dermatoscopy).
+    # Colour saturation scaled in HSV (faded or over-saturated stains and dermatoscopy),
+    # in closed form: with hue and value V = max(R, G, B) fixed, every channel c satisfies
+    # c = V (1 - S g(hue)), so scaling S by f gives c' = V - f (V - c) (f capped where S f
+    # would exceed 1). Same result as skimage rgb2hsv/hsv2rgb, 30x faster at 224 px.
     def apply(image: np.ndarray, seed: int) -> np.ndarray:
-        from skimage.color import hsv2rgb, rgb2hsv
-
-        hsv = rgb2hsv(image)
-        hsv[..., 1] = np.clip(hsv[..., 1] * factor, 0, 1)
-        return _to_uint8(hsv2rgb(hsv) * 255)
+        x = image.astype(np.float64)
+        value = x.max(axis=-1, keepdims=True)
+        spread = value - x.min(axis=-1, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cap = np.where(spread > 0, value / spread, np.inf)  # f at which S reaches 1
+        scale = np.minimum(factor, cap)
+        return _to_uint8(value - scale * (value - x))
 
     return apply
 
@@ -493,7 +500,7 @@ _ENTRIES = [
         "low_resolution", "MRI acquisition", "skimage",
         "resolution factor (side of the acquired grid / side)",
         (0.8, 0.65, 0.5, 0.4, 0.3), _low_resolution, stochastic=False,
-        description="anti-aliased downsampling, cubic upsampling back",
+        description="anti-aliased downsampling, linear upsampling back",
     ),
     # MedMNIST-C-style corruptions (own implementation, see the module docstring)
     Perturbation(
@@ -533,7 +540,7 @@ _ENTRIES = [
         description="over-exposure (ImageNet-C brightness)",
     ),
     Perturbation(
-        "saturation", "optics", "skimage",
+        "saturation", "optics", "numpy",
         "HSV saturation factor (1 = unchanged)",
         (0.7, 0.5, 0.35, 0.2, 0.08), _saturation, channels=RGB_ONLY, stochastic=False,
         description="faded colour (stain fading, white balance); RGB only",

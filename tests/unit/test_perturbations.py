@@ -313,3 +313,19 @@ def test_config_readme_lists_every_severity_table():
         "config/README.md severity tables are out of date: paste "
         "saliency_robustness.perturbations.severity_table_markdown() there"
     )
+
+
+@pytest.mark.parametrize("factor", [0.08, 0.5, 1.8])
+def test_saturation_matches_scikit_image_hsv(rgb_images, factor):
+    """The closed-form saturation equals scaling S in scikit-image's HSV (up to rounding)."""
+    from skimage.color import hsv2rgb, rgb2hsv
+
+    from saliency_robustness.perturbations import get_perturbation
+
+    ours = np.stack([get_perturbation("saturation").make(factor)(im, 0) for im in rgb_images])
+    reference = []
+    for image in rgb_images:
+        hsv = rgb2hsv(image)
+        hsv[..., 1] = np.clip(hsv[..., 1] * factor, 0, 1)
+        reference.append(np.clip(np.rint(hsv2rgb(hsv) * 255), 0, 255))
+    assert np.abs(ours.astype(int) - np.array(reference).astype(int)).max() <= 1
