@@ -94,15 +94,19 @@ def test_one_training_step_and_a_gradcam_map(arch, size, breast):
     assert min(rows, cols) >= 4
     model.eval()
     # Grad-CAM is ReLU'd: a class whose evidence is negative at every position gets an
-    # all-zero map from a barely trained model, so each image is explained for both
-    # classes and at least one of its two maps must carry spatial information.
-    both = np.concatenate([images, images])
-    targets = np.repeat([0, 1], N_IMAGES)
-    maps = compute_maps(model, both, targets, "gradcam", method_params("gradcam", {}), 8)
-    assert maps.shape == (2 * N_IMAGES, size, size)
+    # all-zero map from a barely trained model, so an image whose map for the predicted
+    # class is constant is explained for the other class, and one of the two must carry
+    # spatial information.
+    params = method_params("gradcam", {})
+    targets = predict_proba(model, images).argmax(axis=1)
+    maps = compute_maps(model, images, targets, "gradcam", params, N_IMAGES)
+    assert maps.shape == (N_IMAGES, size, size)
+    flat = is_constant(maps)
+    if flat.any():
+        other = compute_maps(model, images[flat], 1 - targets[flat], "gradcam", params, 4)
+        maps[flat] = other
     assert np.isfinite(maps).all()
-    informative = ~is_constant(maps).reshape(2, N_IMAGES)
-    assert informative.any(axis=0).all(), f"{arch} at {size} px: constant Grad-CAM maps"
+    assert not is_constant(maps).any(), f"{arch} at {size} px: constant Grad-CAM maps"
 
 
 def test_three_channel_models_accept_rgb_images():
