@@ -200,7 +200,7 @@ def test_corrupt_download_fails_with_md5_message_and_leaves_nothing(tmp_path, sh
         ("train={'epoch': 3}", "'epoch' was unexpected"),
         ("device=tpu", "'tpu' is not one of ['auto', 'cpu', 'cuda']"),
         ("attribute={'target': 'random'}", "random"),
-        ("train={'architectures': ['resnet99']}", "Valid names: resnet18"),
+        ("train={'architectures': ['resnet99']}", "Valid names: alexnet, densenet121"),
         ("perturb={'perturbations': ['fog']}", "Valid names: contrast, gaussian_noise"),
         (
             "attribute={'methods': ['lrp']}",
