@@ -15,6 +15,9 @@ registration order and with ``torch.manual_seed(seed + 1)`` before each reset: t
 seeding of Quantus's MPRT (``layer_order='top_down'``), so the two can be compared; the
 default ``'stages'`` re-initialises the model's top-level children (far fewer map
 computations on deep models).
+
+Data randomisation (``data_randomisation``): the same comparison between the trained model
+and the same architecture trained on permuted labels (``shuffled_labels``).
 """
 
 from __future__ import annotations
