@@ -5,6 +5,7 @@ lesion kinds, each present or not) through train -> evaluate -> attribute (top-2
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -25,7 +26,7 @@ N_TEST = 24
 N_ATTRIBUTED = 6
 TOP_K = 2
 PERTURBATIONS = ["gaussian_noise", "contrast"]
-SEVERITIES = [1, 3]
+SEVERITIES = [1, 5]  # 5: the analysis presets evaluate faithfulness at severity 5
 METHODS = ["saliency", "gradcam"]
 FOLDS = [0]  # of k = 2: one model keeps the run short
 CONFIG = {
@@ -140,3 +141,18 @@ def test_saliency_change_and_summaries(run):
     assert set(mean_change["method"]) == set(METHODS)
     for name in ("classification_vs_severity.png", "examples_resnet18.png"):
         assert (run / "results" / "plots" / DATASET / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_editing_top_k_reruns_attribution_only_downstream(run):
+    config = dict(CONFIG, attribute={**CONFIG["attribute"], "top_k_targets": 3})
+    edited = run / "multilabel_top3.yaml"
+    edited.write_text(yaml.safe_dump(config))
+    # params trigger only: other code may change while the test runs (a working tree)
+    result = snakemake(
+        run, "--dry-run", "--quiet", "rules", "--rerun-triggers", "params",
+        presets=("tiny", edited),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, flags=re.MULTILINE))
+    assert jobs.get("attribute") == str(len(FOLDS) * len(METHODS)), result.stdout
+    assert "train" not in jobs and "evaluate" not in jobs

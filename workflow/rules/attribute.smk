@@ -19,7 +19,7 @@ rule attribute:
         max_images=config["attribute"]["max_images"],
         batch_size=config["attribute"]["batch_size"],
         target=config["attribute"]["target"],
-        top_k_targets=config["attribute"]["top_k_targets"],
+        top_k_targets=top_k_targets,
         seed=config["seed"],
         device=config["device"],
         ensembles=ENSEMBLES,

@@ -106,6 +106,16 @@ def has_masks(dataset):
         return any((row.get("mask") or "").strip() for row in csv.DictReader(handle))
 
 
+def top_k_targets(wildcards):
+    """attribute.top_k_targets for multi-label datasets and 1 for the others, where it is
+    ignored: editing it reruns only the multi-label datasets' attribution."""
+    from saliency_robustness.data import dataset_info
+    from saliency_robustness.evaluation import is_multi_label
+
+    task = dataset_info(wildcards.dataset, config["data"]).task
+    return config["attribute"]["top_k_targets"] if is_multi_label(task) else 1
+
+
 def perturbed_files(wildcards):
     return expand(
         "results/perturbed/{dataset}/{perturbation}.npz",
