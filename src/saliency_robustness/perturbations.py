@@ -13,7 +13,9 @@ parameter value into a per-image transform. Backends:
   2024, arXiv:2406.17536, which follow ImageNet-C, Hendrycks & Dietterich 2019). Their
   ``medmnistc`` package is not a dependency here (not pinned in this stack), so speckle,
   impulse noise, defocus/Gaussian blur, pixelation, brightness, saturation and stain shift
-  are written from the papers' definitions with scikit-image/scipy.
+  are written from the papers' definitions with NumPy, SciPy and scikit-image; so are
+  Rician noise, k-space truncation (Gibbs ringing) and low resolution, which torchio 1.2.1
+  does not provide.
 
 Every image gets its own random state from (seed, perturbation, severity, image index), so
 results do not depend on batch size or order. Spatial parameters are given for a 28 px
