@@ -61,7 +61,9 @@ rule sanity:
     resources:
         gpu=config["resources"]["attribute"]["gpus"],
     params:
-        settings=config["analysis"]["sanity"],
+        # only the keys the job uses: pass_threshold changes the summary alone
+        max_images=config["analysis"]["sanity"]["max_images"],
+        granularity=config["analysis"]["sanity"]["granularity"],
         method_params=method_params,
         batch_size=config["attribute"]["batch_size"],
         seed=config["seed"],
@@ -256,7 +258,7 @@ rule sanity_data:
     resources:
         gpu=config["resources"]["attribute"]["gpus"],
     params:
-        settings=config["analysis"]["sanity"],
+        max_images=config["analysis"]["sanity"]["max_images"],
         method_params=method_params,
         batch_size=config["attribute"]["batch_size"],
         seed=config["seed"],

@@ -16,11 +16,10 @@ log_to_file(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 wc = snakemake.wildcards
 info = dataset_info(wc.dataset, snakemake.config["data"])
-cfg = snakemake.params.settings
 # The trained model's clean maps fix the images and targets (the attributed images).
 saliency = pd.read_parquet(snakemake.input.saliency)
 clean = saliency[saliency["severity"] == 0].drop_duplicates(["image_index", "target"])
-clean = clean.sort_values(["image_index", "target"]).head(cfg["max_images"])
+clean = clean.sort_values(["image_index", "target"]).head(snakemake.params.max_images)
 images = load_npz(snakemake.input.data)["test_images"][clean["image_index"].to_numpy()]
 device = resolve_device(snakemake.params.device)
 ensembles = snakemake.config["train"]["ensembles"]  # an ensemble loads all its members
@@ -65,7 +64,7 @@ else:
         targets,
         wc.method,
         params,
-        granularity=cfg["granularity"],
+        granularity=snakemake.params.granularity,
         batch_size=snakemake.params.batch_size,
         seed=snakemake.params.seed,
         device=device,
