@@ -42,7 +42,7 @@ def test_analysis_tables_and_figures(tiny_run):
     for method in METHODS:
         table = pd.read_parquet(
             tiny_run
-            / "results/metrics/faithfulness"
+            / "results/faithfulness"
             / DATASET
             / "resnet18/fold0"
             / f"{method}.parquet"

@@ -10,7 +10,7 @@ rule faithfulness:
         model=model_file,
         perturbed=perturbed_files,
     output:
-        "results/metrics/faithfulness/{dataset}/{arch}/fold{fold}/{method}.parquet",
+        "results/faithfulness/{dataset}/{arch}/fold{fold}/{method}.parquet",
     log:
         "logs/faithfulness/{dataset}/{arch}/fold{fold}/{method}.log",
     benchmark:
@@ -50,7 +50,7 @@ rule sanity:
         data=dataset_file,
         model=model_file,
     output:
-        "results/metrics/sanity/{dataset}/{arch}/fold{fold}/{method}.parquet",
+        "results/sanity/{dataset}/{arch}/fold{fold}/{method}.parquet",
     log:
         "logs/sanity/{dataset}/{arch}/fold{fold}/{method}.log",
     benchmark:
@@ -247,7 +247,7 @@ rule sanity_data:
         model=model_file,
         shuffled_model="results/models/{dataset}/{arch}/fold{fold}/shuffled_labels.pt",
     output:
-        "results/metrics/sanity_data/{dataset}/{arch}/fold{fold}/{method}.parquet",
+        "results/sanity_data/{dataset}/{arch}/fold{fold}/{method}.parquet",
     log:
         "logs/sanity_data/{dataset}/{arch}/fold{fold}/{method}.log",
     benchmark:

@@ -183,7 +183,7 @@ def agreement_files(wildcards):
 
 def faithfulness_files(wildcards):
     return per_model(
-        "results/metrics/faithfulness/{dataset}/{arch}/fold{fold}/{method}.parquet",
+        "results/faithfulness/{dataset}/{arch}/fold{fold}/{method}.parquet",
         wildcards.dataset,
         method=METHODS,
     )
@@ -193,7 +193,7 @@ def sanity_files(wildcards):
     """Randomisation checks of each architecture's first fold (they test the method); with
     analysis.sanity.data_randomisation also the shuffled-label model's (not for ensembles)."""
     files = expand(
-        "results/metrics/sanity/{dataset}/{arch}/fold{fold}/{method}.parquet",
+        "results/sanity/{dataset}/{arch}/fold{fold}/{method}.parquet",
         dataset=wildcards.dataset,
         arch=ARCHS,
         fold=FOLDS[0],
@@ -201,7 +201,7 @@ def sanity_files(wildcards):
     )
     if config["analysis"]["sanity"]["data_randomisation"]:
         files += expand(
-            "results/metrics/sanity_data/{dataset}/{arch}/fold{fold}/{method}.parquet",
+            "results/sanity_data/{dataset}/{arch}/fold{fold}/{method}.parquet",
             dataset=wildcards.dataset,
             arch=[arch for arch in ARCHS if arch not in ENSEMBLES],
             fold=FOLDS[0],
