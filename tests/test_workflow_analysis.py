@@ -41,11 +41,7 @@ def test_analysis_tables_and_figures(tiny_run):
     assert {"deletion_auc", "road_combined", "infidelity", "sensitivity_max"} <= set(long["metric"])
     for method in METHODS:
         table = pd.read_parquet(
-            tiny_run
-            / "results/faithfulness"
-            / DATASET
-            / "resnet18/fold0"
-            / f"{method}.parquet"
+            tiny_run / "results/faithfulness" / DATASET / "resnet18/fold0" / f"{method}.parquet"
         )
         # clean images once (perturbation 'none'), then every perturbation at severity 5
         assert len(table) == N_IMAGES * (1 + len(PERTURBATIONS))
