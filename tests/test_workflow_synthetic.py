@@ -20,9 +20,12 @@ PRESET = yaml.safe_load((REPO / "config" / "presets" / "synthetic.yaml").read_te
 SMALL = {
     "data": {"custom": {"lesions": {"splits": {"train": 480, "val": 96, "test": 60}}}},
     "folds": {"k": 2, "run": [0]},
-    "train": {"epochs": 4, "batch_size": 32},
+    "train": {"epochs": 8, "batch_size": 16},
     "perturb": {"perturbations": ["gaussian_noise"], "severities": [2, 4]},
-    "attribute": {"methods": ["gradcam", "saliency", "sobel", "random"], "max_images": 60},
+    "attribute": {
+        "methods": ["gradcam", "saliency", "sobel", "random"],
+        "max_images": 60,
+    },
     "plots": {"dpi": 60},
     "resources": {"train": {"threads": 2}, "attribute": {"threads": 2}},
 }
@@ -54,7 +57,7 @@ def test_synthetic_dataset_is_built_with_masks(synthetic_run: Path) -> None:
 
 
 def test_localisation_tables(synthetic_run: Path) -> None:
-    folder = synthetic_run / "results" / "metrics" / "localisation" / "lesions" / "resnet18"
+    folder = synthetic_run / "results" / "localisation" / "lesions" / "resnet18"
     table = pd.read_parquet(folder / "fold0" / "gradcam.parquet")
     assert len(table) == 60 * 3  # 60 images x (clean + 2 severities)
     for column in ("hit", "energy", "iou", "dice", "mask_fraction"):
@@ -64,7 +67,9 @@ def test_localisation_tables(synthetic_run: Path) -> None:
 
 
 def test_gradcam_localises_far_better_than_the_controls(synthetic_run: Path) -> None:
-    summary = pd.read_parquet(synthetic_run / "results" / "summary" / "lesions" / "localisation.parquet")
+    summary = pd.read_parquet(
+        synthetic_run / "results" / "summary" / "lesions" / "localisation.parquet"
+    )
     clean = summary[summary["severity"] == 0].set_index("method")
     print("\nclean localisation (mean over images):")
     print(clean[["hit_mean", "energy_mean", "iou_mean", "dice_mean", "mask_fraction_mean"]])

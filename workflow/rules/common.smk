@@ -229,7 +229,7 @@ def analysis_outputs(dataset):
 
 def localisation_files(wildcards):
     return per_model(
-        "results/metrics/localisation/{dataset}/{arch}/fold{fold}/{method}.parquet",
+        "results/localisation/{dataset}/{arch}/fold{fold}/{method}.parquet",
         wildcards.dataset,
         method=METHODS,
     )

@@ -3,7 +3,7 @@ rule localisation:
         saliency="results/saliency/{dataset}/{arch}/fold{fold}/{method}.parquet",
         data=dataset_file,
     output:
-        "results/metrics/localisation/{dataset}/{arch}/fold{fold}/{method}.parquet",
+        "results/localisation/{dataset}/{arch}/fold{fold}/{method}.parquet",
     log:
         "logs/localisation/{dataset}/{arch}/fold{fold}/{method}.log",
     benchmark:
