@@ -26,8 +26,8 @@ include: "workflow/rules/perturb.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/attribute.smk"
 include: "workflow/rules/metrics.smk"
-include: "workflow/rules/localisation.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/localisation.smk"
 include: "workflow/rules/plots.smk"
 
 

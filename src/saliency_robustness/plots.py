@@ -276,6 +276,45 @@ def saliency_examples(
     _save(figure, path, dpi)
 
 
+def localisation_vs_severity(
+    summary: pd.DataFrame, path: str | os.PathLike, dpi: int = 120
+) -> None:
+    """Pointing game, energy pointing game and top-k IoU against the lesion masks per
+    severity (0 = clean), one line per saliency method, one column per perturbation; the
+    dashed line is chance (the mean mask fraction) for the two pointing games."""
+    scores = {
+        "hit_mean": "pointing game",
+        "energy_mean": "energy pointing game",
+        "iou_mean": "top-k IoU",
+    }
+    long = summary.melt(
+        id_vars=["arch", "method", "perturbation", "severity", "mask_fraction_mean"],
+        value_vars=list(scores),
+        var_name="score",
+    )
+    long["score"] = long["score"].map(scores)
+    grid = sns.relplot(
+        data=long,
+        x="severity",
+        y="value",
+        hue="method",
+        style="arch",
+        row="score",
+        col="perturbation",
+        kind="line",
+        marker="o",
+        height=2.6,
+        facet_kws={"sharey": "row", "margin_titles": True},
+    )
+    _short_titles(grid)
+    chance = summary["mask_fraction_mean"].mean()
+    for (score, _), ax in grid.axes_dict.items():
+        if score != "top-k IoU":
+            ax.axhline(chance, ls="--", lw=1, color="gray")
+    grid.set(xticks=sorted(summary["severity"].unique()), ylim=(0, 1.02))
+    _save(grid.figure, path, dpi)
+
+
 # --- saliency analysis: agreement, faithfulness, sanity, detection per family ---------------
 
 
@@ -432,45 +471,3 @@ def detection_by_family(table: pd.DataFrame, path: str | os.PathLike, dpi: int =
         ax.axhline(0.5 if measure == "auroc" else 0.0, color="gray", linestyle="--", lw=0.8)
         ax.tick_params(axis="x", rotation=30)
     _save(_short_titles(grid).figure, path, dpi)
-
-
-def localisation_vs_severity(
-    summary: pd.DataFrame, path: str | os.PathLike, dpi: int = 120
-) -> None:
-    """Pointing game, energy pointing game and top-k IoU against the lesion masks per
-    severity (0 = clean), one line per saliency method, one column per perturbation; the
-    dashed line is chance (the mean mask fraction) for the two pointing games."""
-    scores = {
-        "hit_mean": "pointing game",
-        "energy_mean": "energy pointing game",
-        "iou_mean": "top-k IoU",
-    }
-    long = summary.melt(
-        id_vars=["arch", "method", "perturbation", "severity", "mask_fraction_mean"],
-        value_vars=list(scores),
-        var_name="score",
-    )
-    long["score"] = long["score"].map(scores)
-    grid = sns.relplot(
-        data=long,
-        x="severity",
-        y="value",
-        hue="method",
-        style="arch",
-        row="score",
-        col="perturbation",
-        kind="line",
-        marker="o",
-        height=2.6,
-        facet_kws={"sharey": "row", "margin_titles": True},
-    )
-    _short_titles(grid)
-    chance = summary["mask_fraction_mean"].mean()
-    for (score, _), ax in grid.axes_dict.items():
-        if score != "top-k IoU":
-            ax.axhline(chance, ls="--", lw=1, color="gray")
-    grid.set(xticks=sorted(summary["severity"].unique()), ylim=(0, 1.02))
-    _save(grid.figure, path, dpi)
-
-
-# --- saliency analysis: agreement, faithfulness, sanity, detection per family ---------------
