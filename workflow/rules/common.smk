@@ -191,7 +191,8 @@ def faithfulness_files(wildcards):
 
 def sanity_files(wildcards):
     """Randomisation checks of each architecture's first fold (they test the method); with
-    analysis.sanity.data_randomisation also the shuffled-label model's (not for ensembles)."""
+    analysis.sanity.data_randomisation also the shuffled-label model's (not for ensembles).
+    """
     files = expand(
         "results/sanity/{dataset}/{arch}/fold{fold}/{method}.parquet",
         dataset=wildcards.dataset,
