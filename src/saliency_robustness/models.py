@@ -608,6 +608,32 @@ def load_model_or_ensemble(
     return load_model(paths, arch, in_channels, n_classes, image_size, device, weights)
 
 
+def load_trained_model(
+    paths: str | os.PathLike | Sequence[str | os.PathLike],
+    arch: str,
+    info,
+    image_size: int,
+    device: torch.device | str,
+    ensembles: dict[str, list[str]],
+    weights: str | None = None,
+) -> nn.Module:
+    """A trained model (or ensemble) for a dataset described by ``data.DatasetInfo``:
+    channels, classes and the output activation (sigmoid for multi-label) come from it."""
+    from saliency_robustness.evaluation import is_multi_label
+
+    return load_model_or_ensemble(
+        paths,
+        arch,
+        ensembles,
+        info.n_channels,
+        info.n_classes,
+        image_size,
+        device,
+        weights=weights,
+        output="sigmoid" if is_multi_label(info.task) else "softmax",
+    )
+
+
 def images_to_tensor(images) -> torch.Tensor:
     """uint8 images (N, H, W) or (N, H, W, C) -> float (N, C, H, W) scaled to [-1, 1].
 

@@ -10,7 +10,7 @@ from saliency_robustness.attribution import (
 from saliency_robustness.data import dataset_info, load_npz, load_perturbed
 from saliency_robustness.evaluation import is_multi_label
 from saliency_robustness.logs import log_to_file
-from saliency_robustness.models import load_model_or_ensemble, resolve_device
+from saliency_robustness.models import load_trained_model, resolve_device
 from saliency_robustness.tables import write_parquet
 
 log_to_file(snakemake.log[0])
@@ -26,16 +26,14 @@ perturbed = {
 }
 device = resolve_device(snakemake.params.device)
 # an ensemble (train.ensembles) loads every member's model.pt of this fold
-model = load_model_or_ensemble(
+model = load_trained_model(
     snakemake.input.model,
     wc.arch,
-    snakemake.params.ensembles,
-    info.n_channels,
-    info.n_classes,
+    info,
     images.shape[1],
     device,
+    snakemake.params.ensembles,
     weights=snakemake.params.weights,
-    output="sigmoid" if is_multi_label(info.task) else "softmax",
 )
 params = method_params(
     wc.method,

@@ -5,7 +5,7 @@ import torch
 from saliency_robustness.data import dataset_info, load_npz, load_perturbed
 from saliency_robustness.evaluation import evaluate_model, is_multi_label
 from saliency_robustness.logs import log_to_file
-from saliency_robustness.models import load_model_or_ensemble, resolve_device
+from saliency_robustness.models import load_trained_model, resolve_device
 from saliency_robustness.tables import write_parquet
 
 log_to_file(snakemake.log[0])
@@ -16,16 +16,14 @@ arrays = load_npz(snakemake.input.data)
 device = resolve_device(snakemake.params.device)
 images = arrays["test_images"]
 # an ensemble (train.ensembles) loads every member's model.pt of this fold
-model = load_model_or_ensemble(
+model = load_trained_model(
     snakemake.input.model,
     wc.arch,
-    snakemake.params.ensembles,
-    info.n_channels,
-    info.n_classes,
+    info,
     images.shape[1],
     device,
+    snakemake.params.ensembles,
     weights=snakemake.params.weights,
-    output="sigmoid" if is_multi_label(info.task) else "softmax",
 )
 predictions, metrics = evaluate_model(
     model,

@@ -8,7 +8,7 @@ from saliency_robustness.data import dataset_info, load_npz, load_perturbed
 from saliency_robustness.evaluation import is_multi_label
 from saliency_robustness.faithfulness import FaithfulnessSettings, faithfulness_table
 from saliency_robustness.logs import log_to_file
-from saliency_robustness.models import load_model_or_ensemble, resolve_device
+from saliency_robustness.models import load_trained_model, resolve_device
 from saliency_robustness.tables import write_parquet
 
 log_to_file(snakemake.log[0])
@@ -21,16 +21,14 @@ for name, (severities, stack) in load_perturbed(snakemake.input.perturbed).items
     images.update({(name, int(s)): stack[i] for i, s in enumerate(severities)})
 device = resolve_device(snakemake.params.device)
 ensembles = snakemake.config["train"]["ensembles"]  # an ensemble loads all its members
-model = load_model_or_ensemble(
+model = load_trained_model(
     snakemake.input.model,
     wc.arch,
-    ensembles,
-    info.n_channels,
-    info.n_classes,
+    info,
     clean.shape[1],
     device,
+    ensembles,
     weights=snakemake.config["train"]["weights"],
-    output="sigmoid" if is_multi_label(info.task) else "softmax",
 )
 # ensembles: None, each member's CAM uses the member's default layer
 cam_layer = None if wc.arch in ensembles else default_cam_layer(model, wc.arch, clean.shape[1])

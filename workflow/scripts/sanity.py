@@ -6,9 +6,8 @@ import torch
 
 from saliency_robustness.attribution import default_cam_layer, method_params
 from saliency_robustness.data import dataset_info, load_npz
-from saliency_robustness.evaluation import is_multi_label
 from saliency_robustness.logs import log_to_file
-from saliency_robustness.models import load_model_or_ensemble, resolve_device
+from saliency_robustness.models import load_trained_model, resolve_device
 from saliency_robustness.sanity import data_randomisation, model_randomisation
 from saliency_robustness.tables import write_parquet
 
@@ -23,16 +22,14 @@ clean = clean.sort_values(["image_index", "target"]).head(snakemake.params.max_i
 images = load_npz(snakemake.input.data)["test_images"][clean["image_index"].to_numpy()]
 device = resolve_device(snakemake.params.device)
 ensembles = snakemake.config["train"]["ensembles"]  # an ensemble loads all its members
-model = load_model_or_ensemble(
+model = load_trained_model(
     snakemake.input.model,
     wc.arch,
-    ensembles,
-    info.n_channels,
-    info.n_classes,
+    info,
     images.shape[1],
     device,
+    ensembles,
     weights=snakemake.config["train"]["weights"],
-    output="sigmoid" if is_multi_label(info.task) else "softmax",
 )
 # ensembles: None, each member's CAM uses the member's default layer
 cam_layer = None if wc.arch in ensembles else default_cam_layer(model, wc.arch, images.shape[1])
@@ -41,16 +38,14 @@ targets = clean["target"].to_numpy()
 if hasattr(snakemake.input, "shuffled_model"):  # a Namedlist: `in` tests values
     # data randomisation: the same architecture trained on shuffled labels
     variant = "data"
-    shuffled = load_model_or_ensemble(
+    shuffled = load_trained_model(
         snakemake.input.shuffled_model,
         wc.arch,
-        ensembles,
-        info.n_channels,
-        info.n_classes,
+        info,
         images.shape[1],
         device,
+        ensembles,
         weights=snakemake.config["train"]["weights"],
-        output="sigmoid" if is_multi_label(info.task) else "softmax",
     )
     table = data_randomisation(
         model, shuffled, images, targets, wc.method, params,
