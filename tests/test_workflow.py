@@ -201,7 +201,7 @@ def test_corrupt_download_fails_with_md5_message_and_leaves_nothing(tmp_path, sh
         ("device=tpu", "'tpu' is not one of ['auto', 'cpu', 'cuda']"),
         ("attribute={'target': 'random'}", "random"),
         ("train={'architectures': ['resnet99']}", "Valid names: alexnet, densenet121"),
-        ("perturb={'perturbations': ['fog']}", "Valid names: contrast, gaussian_noise"),
+        ("perturb={'perturbations': ['fog']}", "Valid names: bias_field, brightness, contrast"),
         (
             "attribute={'methods': ['lrp']}",
             "unknown name 'lrp'. Valid names: ablationcam, deeplift",

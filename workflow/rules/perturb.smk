@@ -29,8 +29,22 @@ rule perturbation_calibration:
         data=dataset_file,
         perturbed=perturbed_files,
     output:
-        table="results/summary/{dataset}/perturbation_calibration.parquet",
-        plot=report(
+        "results/summary/{dataset}/perturbation_calibration.parquet",
+    log:
+        "logs/perturbation_calibration/{dataset}.log",
+    benchmark:
+        "benchmarks/perturbation_calibration/{dataset}.tsv"
+    conda:
+        "../../envs/perturb.yaml"
+    script:
+        "../scripts/perturbation_calibration.py"
+
+
+rule plot_perturbation_calibration:
+    input:
+        "results/summary/{dataset}/perturbation_calibration.parquet",
+    output:
+        report(
             "results/plots/{dataset}/perturbation_calibration.png",
             caption="../report/perturbation_calibration.rst",
             category="Perturbations",
@@ -38,18 +52,18 @@ rule perturbation_calibration:
             labels={"dataset": "{dataset}", "figure": "calibration (SSIM, PSNR)"},
         ),
     log:
-        "logs/perturbation_calibration/{dataset}.log",
+        "logs/plot_perturbation_calibration/{dataset}.log",
     benchmark:
-        "benchmarks/perturbation_calibration/{dataset}.tsv"
+        "benchmarks/plot_perturbation_calibration/{dataset}.tsv"
     conda:
-        "../../envs/perturb.yaml"
+        "../../envs/plots.yaml"
     params:
         dpi=config["plots"]["dpi"],
     script:
-        "../scripts/perturbation_calibration.py"
+        "../scripts/plot_perturbation_calibration.py"
 
 
-rule perturbation_grid:
+rule plot_perturbation_grid:
     input:
         data=dataset_file,
         perturbed=perturbed_files,
@@ -62,9 +76,9 @@ rule perturbation_grid:
             labels={"dataset": "{dataset}", "figure": "every perturbation x severity"},
         ),
     log:
-        "logs/perturbation_grid/{dataset}.log",
+        "logs/plot_perturbation_grid/{dataset}.log",
     benchmark:
-        "benchmarks/perturbation_grid/{dataset}.tsv"
+        "benchmarks/plot_perturbation_grid/{dataset}.tsv"
     conda:
         "../../envs/perturb.yaml"
     params:
@@ -80,13 +94,6 @@ rule robustness:
     output:
         scores="results/summary/{dataset}/robustness.parquet",
         summary="results/summary/{dataset}/robustness_summary.parquet",
-        plot=report(
-            "results/plots/{dataset}/robustness.png",
-            caption="../report/robustness.rst",
-            category="Classification",
-            subcategory="{dataset}",
-            labels={"dataset": "{dataset}", "figure": "robustness (balanced error)"},
-        ),
     log:
         "logs/robustness/{dataset}.log",
     benchmark:
@@ -95,6 +102,28 @@ rule robustness:
         "../../envs/plots.yaml"
     params:
         baseline=config["perturb"]["baseline_arch"] or ARCHS[0],
-        dpi=config["plots"]["dpi"],
     script:
         "../scripts/robustness.py"
+
+
+rule plot_robustness:
+    input:
+        "results/summary/{dataset}/robustness.parquet",
+    output:
+        report(
+            "results/plots/{dataset}/robustness.png",
+            caption="../report/robustness.rst",
+            category="Classification",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "figure": "robustness (balanced error)"},
+        ),
+    log:
+        "logs/plot_robustness/{dataset}.log",
+    benchmark:
+        "benchmarks/plot_robustness/{dataset}.tsv"
+    conda:
+        "../../envs/plots.yaml"
+    params:
+        dpi=config["plots"]["dpi"],
+    script:
+        "../scripts/plot_robustness.py"

@@ -1,7 +1,6 @@
 """MedMNIST-C robustness scores (BE, normalised and relative BE, mCE-style summary)."""
 
 from saliency_robustness.logs import log_to_file
-from saliency_robustness.plots import robustness_scores as plot_robustness
 from saliency_robustness.robustness import robustness_scores, robustness_summary
 from saliency_robustness.tables import read_parquet, write_parquet
 
@@ -9,4 +8,3 @@ log_to_file(snakemake.log[0])
 scores = robustness_scores(read_parquet(snakemake.input), snakemake.params.baseline)
 write_parquet(scores, snakemake.output.scores)
 write_parquet(robustness_summary(scores), snakemake.output.summary)
-plot_robustness(scores, snakemake.output.plot, dpi=snakemake.params.dpi)
