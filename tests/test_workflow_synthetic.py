@@ -1,6 +1,6 @@
 """A real Snakemake run of a small synthetic preset: the generated lesion set goes through
 folds, training, perturbation, attribution and localisation, and the trained model's Grad-CAM
-points at the lesions far better than the random control (and its gradients beat Sobel)."""
+and gradients point at the lesions far better than the random and Sobel-edge controls."""
 
 from __future__ import annotations
 
@@ -79,8 +79,9 @@ def test_trained_maps_localise_better_than_the_controls(synthetic_run: Path) -> 
     print(noisy[["hit_mean", "energy_mean", "iou_mean"]])
     gradcam, saliency = clean.loc["gradcam"], clean.loc["saliency"]
     random, sobel = clean.loc["random"], clean.loc["sobel"]
-    # Measured on this run (one fold, validation accuracy 0.57): pointing game gradcam 0.35,
-    # saliency 0.58, sobel 0.30, random 0.12 (chance = mask fraction 0.08).
+    # Measured on this run (one fold, lesion presence, CPU): pointing game gradcam 0.70,
+    # saliency 0.80, sobel 0.30, random 0.05 (chance = mask fraction 0.086); energy 0.225,
+    # 0.270, 0.152, 0.087; top-k IoU 0.317, 0.252, 0.166, 0.050.
     assert (
         random["hit_mean"] < 0.2
         and abs(random["energy_mean"] - random["mask_fraction_mean"]) < 0.02
@@ -89,5 +90,7 @@ def test_trained_maps_localise_better_than_the_controls(synthetic_run: Path) -> 
         assert trained["hit_mean"] > random["hit_mean"] + 0.15, clean
         assert trained["energy_mean"] > random["energy_mean"] + 0.05, clean
         assert trained["iou_mean"] > random["iou_mean"] + 0.08, clean
-    # Edges alone do not find the lesion: the model's gradients beat the Sobel control.
-    assert saliency["hit_mean"] > sobel["hit_mean"] + 0.15, clean
+        # Edges alone do not find the lesion: the trained maps beat the Sobel control.
+        assert trained["hit_mean"] > sobel["hit_mean"] + 0.2, clean
+        assert trained["energy_mean"] > sobel["energy_mean"] + 0.035, clean
+    assert gradcam["iou_mean"] > sobel["iou_mean"] + 0.07, clean
