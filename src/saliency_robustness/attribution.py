@@ -948,6 +948,19 @@ def method_params(name: str, params: dict | None, cam_layer: str | None = None) 
     return merged
 
 
+def model_method_params(
+    name: str, params: dict | None, model: nn.Module, image_size: int | tuple[int, int]
+) -> dict:
+    """``method_params`` for a trained ``model``: a CAM method's default layer is the
+    model's ``default_cam_layer`` at ``image_size``; an ``Ensemble`` gets None, so each
+    member's CAM uses the member's own default layer."""
+    cam_layer = None
+    configured = "cam_layer" in (params or {})
+    if get_method(name).uses_cam_layer and not configured and not isinstance(model, Ensemble):
+        cam_layer = default_cam_layer(model, image_size=image_size)
+    return method_params(name, params, cam_layer)
+
+
 def is_signed(name: str, params: dict | None = None) -> bool:
     """Whether ``name``'s maps keep a sign with these parameters (the ``signed`` column)."""
     method = get_method(name)

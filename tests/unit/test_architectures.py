@@ -20,6 +20,7 @@ from saliency_robustness.attribution import (
     default_cam_layer,
     is_constant,
     method_params,
+    model_method_params,
 )
 from saliency_robustness.evaluation import predict_proba
 from saliency_robustness.models import (
@@ -252,6 +253,20 @@ def test_ensemble_probabilities_are_the_members_mean(members, breast):
     with torch.no_grad():
         mean = torch.stack([torch.sigmoid(m(x)) for m in members]).mean(0)
         torch.testing.assert_close(torch.sigmoid(sigmoid(x)), mean, atol=1e-6, rtol=1e-5)
+
+
+def test_model_method_params_picks_the_cam_layer_of_the_model(members):
+    """A single model's CAM default is its default_cam_layer; an ensemble's is None (each
+    member at its own layer); a configured layer wins; non-CAM methods get no layer."""
+    resnet, mobilenet = members
+    assert model_method_params("gradcam", {}, resnet, 28)["cam_layer"] == "layer4"
+    expected = default_cam_layer(mobilenet, "mobilenet_v2", 28)
+    assert model_method_params("gradcam", None, mobilenet, 28)["cam_layer"] == expected
+    ensemble = Ensemble(members, ["resnet18", "mobilenet_v2"])
+    assert model_method_params("gradcam", {}, ensemble, 28)["cam_layer"] is None
+    configured = model_method_params("gradcam", {"cam_layer": "layer2"}, resnet, 28)
+    assert configured["cam_layer"] == "layer2"
+    assert "cam_layer" not in model_method_params("saliency", {}, resnet, 28)
 
 
 def test_ensemble_gradcam_is_the_mean_of_member_gradcams(members, breast):

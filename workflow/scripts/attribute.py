@@ -2,11 +2,7 @@
 
 import torch
 
-from saliency_robustness.attribution import (
-    attribute_clean_and_perturbed,
-    default_cam_layer,
-    method_params,
-)
+from saliency_robustness.attribution import attribute_clean_and_perturbed, model_method_params
 from saliency_robustness.data import dataset_info, load_npz, load_perturbed
 from saliency_robustness.evaluation import is_multi_label
 from saliency_robustness.logs import log_to_file
@@ -35,14 +31,7 @@ model = load_trained_model(
     snakemake.params.ensembles,
     weights=snakemake.params.weights,
 )
-params = method_params(
-    wc.method,
-    snakemake.params.method_params,
-    # ensembles: None, each member's CAM uses the member's default layer
-    None
-    if wc.arch in snakemake.params.ensembles
-    else default_cam_layer(model, wc.arch, images.shape[1]),
-)
+params = model_method_params(wc.method, snakemake.params.method_params, model, images.shape[1])
 table = attribute_clean_and_perturbed(
     model,
     images,

@@ -3,7 +3,7 @@
 import pandas as pd
 import torch
 
-from saliency_robustness.attribution import default_cam_layer, method_params
+from saliency_robustness.attribution import model_method_params
 from saliency_robustness.data import dataset_info, load_npz, load_perturbed
 from saliency_robustness.evaluation import is_multi_label
 from saliency_robustness.faithfulness import FaithfulnessSettings, faithfulness_table
@@ -30,8 +30,6 @@ model = load_trained_model(
     ensembles,
     weights=snakemake.config["train"]["weights"],
 )
-# ensembles: None, each member's CAM uses the member's default layer
-cam_layer = None if wc.arch in ensembles else default_cam_layer(model, wc.arch, clean.shape[1])
 cfg = dict(snakemake.params.settings)
 severities = cfg.pop("severities")
 settings = FaithfulnessSettings(
@@ -39,7 +37,7 @@ settings = FaithfulnessSettings(
     seed=snakemake.params.seed,
     multi_label=is_multi_label(info.task),
 )
-params = method_params(wc.method, snakemake.params.method_params, cam_layer)
+params = model_method_params(wc.method, snakemake.params.method_params, model, clean.shape[1])
 table = faithfulness_table(
     model,
     pd.read_parquet(snakemake.input.saliency),

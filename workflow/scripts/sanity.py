@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from saliency_robustness.attribution import default_cam_layer, method_params
+from saliency_robustness.attribution import model_method_params
 from saliency_robustness.data import dataset_info, load_npz
 from saliency_robustness.logs import log_to_file
 from saliency_robustness.models import load_trained_model, resolve_device
@@ -31,9 +31,7 @@ model = load_trained_model(
     ensembles,
     weights=snakemake.config["train"]["weights"],
 )
-# ensembles: None, each member's CAM uses the member's default layer
-cam_layer = None if wc.arch in ensembles else default_cam_layer(model, wc.arch, images.shape[1])
-params = method_params(wc.method, snakemake.params.method_params, cam_layer)
+params = model_method_params(wc.method, snakemake.params.method_params, model, images.shape[1])
 targets = clean["target"].to_numpy()
 if hasattr(snakemake.input, "shuffled_model"):  # a Namedlist: `in` tests values
     # data randomisation: the same architecture trained on shuffled labels
