@@ -41,6 +41,21 @@ class TrainSettings:
     weights: str | None = None  # None: random init; "imagenet": see models.build_model
     weights_file: str | None = None  # ImageNet state_dict file; None: torchvision's cache
 
+    @classmethod
+    def from_config(cls, train: dict, arch: str, seed: int) -> TrainSettings:
+        """The settings of config ``train`` (validated, with defaults) for ``arch``."""
+        return cls(
+            epochs=train["epochs"],
+            batch_size=train["batch_size"],
+            lr=train["lr"],
+            milestones=tuple(train["milestones"]),
+            gamma=train["gamma"],
+            seed=seed,
+            mixed_precision=train["mixed_precision"],
+            weights=train["weights"],
+            weights_file=train["weights_files"].get(arch),
+        )
+
 
 @dataclass
 class TrainResult:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -166,6 +167,22 @@ def _small_run(breast, seed: int, mixed_precision: bool = False):
         mixed_precision=mixed_precision,
     )  # fmt: skip
     return train_classifier("resnet18", train, val, 2, settings, torch.device("cpu"))
+
+
+def test_train_settings_from_the_validated_default_config():
+    """The train and train_shuffled_labels scripts build their settings from config.train."""
+    import yaml
+    from snakemake.utils import validate
+
+    repo = Path(__file__).resolve().parents[2]
+    config = yaml.safe_load((repo / "config" / "config.yaml").read_text())
+    validate(config, str(repo / "workflow" / "schemas" / "config.schema.yaml"))
+    train = {**config["train"], "weights_files": {"resnet18": "/weights/r18.pth"}}
+    settings = TrainSettings.from_config(train, "resnet18", seed=7)
+    assert settings.epochs == config["train"]["epochs"]
+    assert settings.milestones == tuple(config["train"]["milestones"])
+    assert (settings.seed, settings.weights_file) == (7, "/weights/r18.pth")
+    assert TrainSettings.from_config(train, "mobilenet_v2", seed=7).weights_file is None
 
 
 def test_training_with_the_same_seed_is_reproducible_on_cpu(breast):

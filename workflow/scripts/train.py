@@ -22,17 +22,8 @@ torch.set_num_threads(snakemake.threads)
 fold = int(snakemake.wildcards.fold)
 info = dataset_info(snakemake.wildcards.dataset, snakemake.config["data"])
 splits = fold_split(load_npz(snakemake.input.data), pd.read_parquet(snakemake.input.folds), fold)
-cfg = snakemake.params.train
-settings = TrainSettings(
-    epochs=cfg["epochs"],
-    batch_size=cfg["batch_size"],
-    lr=cfg["lr"],
-    milestones=tuple(cfg["milestones"]),
-    gamma=cfg["gamma"],
-    seed=snakemake.params.seed + fold,
-    mixed_precision=cfg["mixed_precision"],
-    weights=cfg["weights"],
-    weights_file=cfg["weights_files"].get(snakemake.wildcards.arch),
+settings = TrainSettings.from_config(
+    snakemake.params.train, snakemake.wildcards.arch, snakemake.params.seed + fold
 )
 device = resolve_device(snakemake.params.device)
 multi_label = is_multi_label(info.task)

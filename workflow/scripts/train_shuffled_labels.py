@@ -21,18 +21,7 @@ seed = snakemake.params.seed + fold
 # the true labels either.
 train_images, train_labels = splits["train"]
 val_images, val_labels = splits["val"]
-cfg = snakemake.params.train
-settings = TrainSettings(
-    epochs=cfg["epochs"],
-    batch_size=cfg["batch_size"],
-    lr=cfg["lr"],
-    milestones=tuple(cfg["milestones"]),
-    gamma=cfg["gamma"],
-    seed=seed,
-    mixed_precision=cfg["mixed_precision"],
-    weights=cfg["weights"],
-    weights_file=cfg["weights_files"].get(snakemake.wildcards.arch),
-)
+settings = TrainSettings.from_config(snakemake.params.train, snakemake.wildcards.arch, seed)
 result = train_classifier(
     snakemake.wildcards.arch,
     (train_images, shuffled_labels(train_labels, seed)),
