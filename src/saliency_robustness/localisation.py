@@ -7,7 +7,8 @@ Per map (clean and perturbed images), after the change metrics' normalisation (|
 * ``energy`` (energy-based pointing game, Score-CAM paper): share of the map's mass inside
   the mask; NaN for an all-zero map;
 * ``iou`` and ``dice``: overlap of the top-k% pixels of the map with the mask
-  (CheXlocalize-style thresholded IoU; k = ``metrics.top_k_percent``);
+  (CheXlocalize-style thresholded IoU; k = ``metrics.top_k_percent``), tie-aware: pixels
+  tied at the cut-off share the remaining mass (``metrics.top_k_weights``);
 * ``mask_fraction``: the mask's share of the image, the chance level of ``hit`` and ``energy``
   for a map unrelated to the lesion.
 
@@ -25,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from saliency_robustness.metrics import normalise_maps, top_k_mask
+from saliency_robustness.metrics import normalise_maps, top_k_weights
 from saliency_robustness.tables import maps_from_table
 
 SCORES = {"hit": "pointing game", "energy": "energy pointing game", "iou": "top-k IoU"}
@@ -50,9 +51,10 @@ def localisation_scores(
     total = flat.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         energy = np.where(total > 0, (flat * flat_masks).sum(axis=1) / total, np.nan)
-    top = top_k_mask(flat.reshape(maps.shape), top_k_percent).reshape(n, -1)
-    inter = (top & flat_masks).sum(axis=1)
-    union = (top | flat_masks).sum(axis=1)
+    # tie-aware top-k weights (metrics.top_k_weights): 0/1 without ties at the cut-off
+    top = top_k_weights(flat.reshape(maps.shape), top_k_percent).reshape(n, -1)
+    inter = np.minimum(top, flat_masks).sum(axis=1)
+    union = np.maximum(top, flat_masks).sum(axis=1)
     return {
         "hit": hit,
         "energy": energy,

@@ -4,7 +4,25 @@ Every map is compared after the same normalisation: absolute value, then scaled 
 [0, 1] by its maximum (a constant map stays constant and is flagged, never divided by
 zero). Per image and severity: RMSE, SSIM, Spearman rank correlation and top-k%
 intersection-over-union against the clean map, joined with whether the perturbed
-prediction is wrong or flipped.
+prediction is wrong, was already wrong on the clean image, or flipped.
+
+Constant maps are results, not missing data (a Grad-CAM map that collapses to zero under
+contrast loss is the map changing completely). Every score is defined on every row:
+
+* exactly one of the two maps constant (``collapsed``: the perturbed map is constant and the
+  clean one is not; or the reverse): no shared structure, RMSE 1, SSIM 0, Spearman 0,
+  top-k IoU 0, the values of two unrelated maps on the [0, 1] scale;
+* both constant: no spatial information in either, so no change: RMSE 0, SSIM 1,
+  Spearman 1, top-k IoU 1.
+
+Top-k% masks are tie-aware (``top_k_weights``): pixels above the k-th largest value count
+fully, pixels equal to it share the remaining mass, so a mask never depends on pixel order.
+
+Scores of the perturbed image alone (no clean reference, as in deployment): the maximum
+softmax probability ``msp`` (Hendrycks & Gimpel 2017; for a multi-label target, the
+probability of the predicted state of that label), the map's normalised entropy
+``map_entropy`` (1 for a constant map) and its Gini coefficient ``map_gini`` (0 for a
+constant map).
 """
 
 from __future__ import annotations
@@ -13,18 +31,22 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 from skimage.metrics import structural_similarity
-from sklearn.metrics import roc_auc_score
 
+from saliency_robustness.statistics import (
+    HierarchicalBootstrap,
+    add_q_values,
+    bootstrap_p_value,
+    eta_squared,
+    per_image_trend,
+    weighted_mean,
+    with_interval,
+)
 from saliency_robustness.tables import maps_from_table
 
-CHANGE_SCORES = {
-    # score name -> (column, sign): larger score = larger change
-    "1 - SSIM": ("ssim", -1.0),
-    "RMSE": ("rmse", 1.0),
-    "1 - Spearman": ("spearman", -1.0),
-    "1 - top-k IoU": ("topk_iou", -1.0),
-    "confidence drop (baseline)": ("confidence_drop", 1.0),
-}
+# Values of the change scores when exactly one / both of the two maps are constant.
+ONE_CONSTANT = {"rmse": 1.0, "ssim": 0.0, "spearman": 0.0, "topk_iou": 0.0}
+BOTH_CONSTANT = {"rmse": 0.0, "ssim": 1.0, "spearman": 1.0, "topk_iou": 1.0}
+CHANGE_COLUMNS = ("rmse", "ssim", "spearman", "topk_iou")
 
 
 def normalise_maps(maps: np.ndarray) -> np.ndarray:
@@ -33,6 +55,13 @@ def normalise_maps(maps: np.ndarray) -> np.ndarray:
     peak = magnitude.reshape(len(maps), -1).max(axis=1)
     scale = np.where(peak > 0, peak, 1.0)
     return magnitude / scale[:, None, None]
+
+
+def constant_maps(maps: np.ndarray) -> np.ndarray:
+    """True where a map carries no spatial information (all values equal, to 1e-12 of its
+    magnitude; the attribute rule's ``is_constant`` flag uses the same test)."""
+    flat = maps.reshape(len(maps), -1)
+    return flat.max(axis=1) - flat.min(axis=1) <= 1e-12 * np.maximum(1.0, np.abs(flat).max(axis=1))
 
 
 def rmse(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -58,31 +87,120 @@ def spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(denominator > 0, (ra * rb).sum(axis=1) / denominator, np.nan)
 
 
+def top_k_count(n_pixels: int, top_k_percent: float) -> int:
+    return max(1, int(round(n_pixels * top_k_percent / 100)))
+
+
+def top_k_weights(maps: np.ndarray, top_k_percent: float) -> np.ndarray:
+    """Tie-aware top-k% masks in [0, 1], each summing to k (= round(k% of the pixels)).
+
+    Pixels above the k-th largest value get 1; the pixels equal to it share what is left of
+    k equally. Without ties this is the usual 0/1 mask of the k highest pixels; with ties it
+    does not depend on pixel order (a constant map gets k/N everywhere). Values are compared
+    at float16 resolution, so maps stored as float16 give (nearly) the same masks as float32
+    ones: on 200 Grad-CAM-like map pairs rounding changed the IoU by 4.5e-4 on average
+    (max 0.012, one pixel crossing the cut-off), against 1.1e-3 when compared at full
+    precision.
+    """
+    flat = maps.reshape(len(maps), -1).astype(np.float64)
+    peak = np.abs(flat).max(axis=1, keepdims=True)
+    flat = (flat / np.where(peak > 0, peak, 1.0)).astype(np.float16).astype(np.float64)
+    k = top_k_count(flat.shape[1], top_k_percent)
+    kth = -np.partition(-flat, k - 1, axis=1)[:, k - 1 : k]
+    above = flat > kth
+    tied = flat == kth
+    share = (k - above.sum(axis=1, keepdims=True)) / tied.sum(axis=1, keepdims=True)
+    return (above + tied * share).reshape(maps.shape)
+
+
 def top_k_mask(maps: np.ndarray, top_k_percent: float) -> np.ndarray:
-    """Boolean masks of the k% highest-valued pixels (ties broken by pixel order)."""
-    flat = maps.reshape(len(maps), -1)
-    k = max(1, int(round(flat.shape[1] * top_k_percent / 100)))
-    order = np.argsort(-flat, axis=1, kind="stable")[:, :k]
-    mask = np.zeros_like(flat, dtype=bool)
-    np.put_along_axis(mask, order, True, axis=1)
-    return mask.reshape(maps.shape)
+    """Boolean masks of the pixels at or above each map's k-th largest value (tie-aware;
+    may hold more than k pixels where values tie at the cut-off)."""
+    return top_k_weights(maps, top_k_percent) > 0
+
+
+def overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Weighted (fuzzy) Jaccard index sum(min) / sum(max) per pair of [0, 1] masks; equals
+    intersection over union for 0/1 masks."""
+    a = a.reshape(len(a), -1)
+    b = b.reshape(len(b), -1)
+    union = np.maximum(a, b).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, np.minimum(a, b).sum(axis=1) / union, 1.0)
 
 
 def top_k_iou(a: np.ndarray, b: np.ndarray, top_k_percent: float) -> np.ndarray:
-    ma, mb = top_k_mask(a, top_k_percent), top_k_mask(b, top_k_percent)
-    inter = (ma & mb).reshape(len(a), -1).sum(axis=1)
-    union = (ma | mb).reshape(len(a), -1).sum(axis=1)
-    return inter / union
+    """IoU of the tie-aware top-k% masks of two sets of maps (``top_k_weights``)."""
+    return overlap(top_k_weights(a, top_k_percent), top_k_weights(b, top_k_percent))
 
 
-def saliency_change(saliency: pd.DataFrame, top_k_percent: float) -> pd.DataFrame:
+def map_entropy(maps: np.ndarray) -> np.ndarray:
+    """Shannon entropy of each non-negative map as a distribution over pixels, divided by
+    log(N): 1 for a constant map (also all-zero), lower for a concentrated map."""
+    flat = maps.reshape(len(maps), -1).astype(np.float64)
+    total = flat.sum(axis=1, keepdims=True)
+    n = flat.shape[1]
+    p = np.where(total > 0, flat / np.where(total > 0, total, 1.0), 1.0 / n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        terms = np.where(p > 0, p * np.log(p), 0.0)
+    return -terms.sum(axis=1) / np.log(n)
+
+
+def map_gini(maps: np.ndarray) -> np.ndarray:
+    """Gini coefficient of each non-negative map's pixel values: 0 for a constant map,
+    towards 1 when the mass sits on few pixels."""
+    flat = np.sort(maps.reshape(len(maps), -1).astype(np.float64), axis=1)
+    n = flat.shape[1]
+    total = flat.sum(axis=1)
+    rank_weights = 2 * np.arange(1, n + 1) - n - 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, (flat * rank_weights).sum(axis=1) / (n * total), 0.0)
+
+
+def max_softmax_probability(table: pd.DataFrame, multi_label: bool) -> np.ndarray:
+    """Confidence of each row's prediction: the largest class probability, or for a
+    multi-label target the probability of the predicted state (present or absent)."""
+    if multi_label:
+        p = table["target_probability"].to_numpy(dtype=float)
+        return np.maximum(p, 1 - p)
+    return np.array([np.max(p) for p in table["probabilities"]], dtype=float)
+
+
+def _change_scores(
+    clean_maps: np.ndarray,
+    maps: np.ndarray,
+    clean_constant: np.ndarray,
+    constant: np.ndarray,
+    top_k_percent: float,
+) -> dict[str, np.ndarray]:
+    """The four change scores, defined on every pair (module doc)."""
+    scores = {
+        "rmse": rmse(clean_maps, maps),
+        "ssim": ssim(clean_maps, maps),
+        "spearman": spearman(clean_maps, maps),
+        "topk_iou": top_k_iou(clean_maps, maps, top_k_percent),
+    }
+    one = clean_constant != constant
+    both = clean_constant & constant
+    for column in CHANGE_COLUMNS:
+        scores[column] = np.where(one, ONE_CONSTANT[column], scores[column])
+        scores[column] = np.where(both, BOTH_CONSTANT[column], scores[column])
+    return scores
+
+
+def saliency_change(
+    saliency: pd.DataFrame, top_k_percent: float, multi_label: bool = False
+) -> pd.DataFrame:
     """Per-image change of map and prediction, clean (severity 0) vs each severity.
 
     Clean and perturbed rows are matched on (perturbation, image_index, target), so a
     multi-label table with several targets per image compares each target's maps. There
-    ``label``/``predicted`` are the target label's true and predicted presence, so ``wrong``
-    and ``flipped`` are per target label, and the confidence drop is that label's sigmoid
-    probability drop.
+    ``label``/``predicted`` are the target label's true and predicted presence, so ``wrong``,
+    ``clean_wrong``, ``induced`` and ``flipped`` are per target label, and the confidence
+    drop is that label's sigmoid probability drop.
+
+    ``induced``: right on the clean image, wrong on the perturbed one (the perturbation
+    caused the error); ``clean_wrong`` rows were wrong before any perturbation.
     """
     keys = ["dataset", "arch", "fold", "method", "perturbation"]
     join = ["perturbation", "image_index", "target"]
@@ -105,8 +223,15 @@ def saliency_change(saliency: pd.DataFrame, top_k_percent: float) -> pd.DataFram
     reference = clean.loc[list(zip(*(perturbed[key] for key in join), strict=True))]
     clean_maps = normalise_maps(maps_from_table(reference))
     maps = normalise_maps(maps_from_table(perturbed))
+    # from the maps themselves, so a hand-edited or older table cannot disagree with them
+    clean_constant = constant_maps(clean_maps)
+    constant = constant_maps(maps)
+    label = perturbed["label"].to_numpy()
+    predicted = perturbed["predicted"].to_numpy()
     clean_predicted = reference["predicted"].to_numpy()
     clean_probability = reference["target_probability"].to_numpy()
+    wrong = predicted != label
+    clean_wrong = clean_predicted != label
     return pd.DataFrame(
         {
             **{key: perturbed[key] for key in keys},
@@ -116,136 +241,152 @@ def saliency_change(saliency: pd.DataFrame, top_k_percent: float) -> pd.DataFram
             "target": perturbed["target"],
             "clean_predicted": clean_predicted,
             "predicted": perturbed["predicted"],
-            "wrong": perturbed["predicted"].to_numpy() != perturbed["label"].to_numpy(),
-            "flipped": perturbed["predicted"].to_numpy() != clean_predicted,
+            "wrong": wrong,
+            "clean_wrong": clean_wrong,
+            "induced": wrong & ~clean_wrong,
+            "flipped": predicted != clean_predicted,
             "clean_target_probability": clean_probability,
             "target_probability": perturbed["target_probability"],
             "confidence_drop": clean_probability - perturbed["target_probability"].to_numpy(),
-            "rmse": rmse(clean_maps, maps),
-            "ssim": ssim(clean_maps, maps),
-            "spearman": spearman(clean_maps, maps),
-            "topk_iou": top_k_iou(clean_maps, maps, top_k_percent),
-            "clean_is_constant": reference["is_constant"].to_numpy(),
-            "is_constant": perturbed["is_constant"],
+            "msp": max_softmax_probability(perturbed, multi_label),
+            **_change_scores(clean_maps, maps, clean_constant, constant, top_k_percent),
+            "clean_is_constant": clean_constant,
+            "is_constant": constant,
+            "collapsed": constant & ~clean_constant,
+            "map_entropy": map_entropy(maps),
+            "map_gini": map_gini(maps),
         }
     )
 
 
-def summarise_change(change: pd.DataFrame) -> pd.DataFrame:
-    """Mean per fold, then mean and standard deviation over folds, per
-    (dataset, arch, method, perturbation, severity)."""
-    group = ["dataset", "arch", "method", "perturbation", "severity"]
-    values = ["rmse", "ssim", "spearman", "topk_iou", "wrong", "flipped", "confidence_drop"]
-    per_fold = change.groupby(group + ["fold"])[values].mean().reset_index()
-    summary = per_fold.groupby(group)[values].agg(["mean", "std"])
-    summary.columns = [f"{value}_{stat}" for value, stat in summary.columns]
-    summary["n_folds"] = per_fold.groupby(group)["fold"].nunique()
-    return summary.reset_index()
+SUMMARY_KEYS = ["dataset", "arch", "method", "perturbation", "severity"]
+SUMMARY_VALUES = [
+    "rmse", "ssim", "spearman", "topk_iou", "wrong", "induced", "flipped", "collapsed",
+    "confidence_drop", "map_entropy", "map_gini",
+]  # fmt: skip
+PREDICTION_SUBSETS = {"all": None, "preserved": False, "flipped": True}
 
 
-def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
-    keep = np.isfinite(scores)
-    labels, scores = labels[keep], scores[keep]
-    if len(np.unique(labels)) < 2:
-        return float("nan")  # undefined when every image is right (or every one wrong)
-    return float(roc_auc_score(labels, scores))
-
-
-def misclassification_detection(change: pd.DataFrame) -> pd.DataFrame:
-    """AUROC of each change score as a detector of a wrong prediction on perturbed images.
-
-    One row per (dataset, arch, fold, method, perturbation, score), plus
-    perturbation ``all`` pooling every perturbation and severity.
-    """
-    rows = []
-    pooled = change.assign(perturbation="all")
-    for (dataset, arch, fold, method, perturbation), group in pd.concat([change, pooled]).groupby(
-        ["dataset", "arch", "fold", "method", "perturbation"], sort=True
-    ):
-        wrong = group["wrong"].to_numpy()
-        for score, (column, sign) in CHANGE_SCORES.items():
-            rows.append(
-                {
-                    "dataset": dataset,
-                    "arch": arch,
-                    "fold": fold,
-                    "method": method,
-                    "perturbation": perturbation,
-                    "score": score,
-                    "auroc": _auroc(wrong, sign * group[column].to_numpy(dtype=float)),
-                    "n_wrong": int(wrong.sum()),
-                    "n_right": int((~wrong).sum()),
-                }
-            )
-    return pd.DataFrame(rows)
-
-
-def _cross_validated_auroc(
-    wrong: np.ndarray, features: np.ndarray, n_splits: int, seed: int
-) -> float:
-    """AUROC of out-of-fold predictions of a logistic regression on standardised features.
-
-    Why this baseline adjustment: the confidence drop already predicts errors; what a map
-    score adds is the AUROC of [confidence drop, score] minus that of [confidence drop]
-    alone, both from the same monotone model fitted on the same folds. Cross-validation keeps
-    the extra feature from buying AUROC by overfitting; a logistic model (not, e.g., a
-    forest) matches the one-score AUROCs' monotone use of each score.
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    keep = np.isfinite(features).all(axis=1)
-    wrong, features = wrong[keep], features[keep]
-    minority = int(min(wrong.sum(), (~wrong).sum())) if len(wrong) else 0
-    if minority < 2:
-        return float("nan")  # too few errors (or successes) for two folds
-    folds = StratifiedKFold(min(n_splits, minority), shuffle=True, random_state=seed)
-    model = make_pipeline(StandardScaler(), LogisticRegression())
-    scores = cross_val_predict(model, features, wrong, cv=folds, method="predict_proba")[:, 1]
-    return float(roc_auc_score(wrong, scores))
-
-
-def detection_by_family(
-    change: pd.DataFrame, families: dict[str, str], n_splits: int = 5, seed: int = 0
+def summarise_change(
+    change: pd.DataFrame, n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95
 ) -> pd.DataFrame:
-    """Per (dataset, arch, fold, method, perturbation family, score): how well each map
-    change score detects a wrong prediction on perturbed images, alone (``auroc``) and beyond
-    the prediction's own confidence drop (``auroc_gain``: cross-validated AUROC of a
-    logistic model on [confidence drop, score] minus that on [confidence drop] alone, see
-    ``_cross_validated_auroc``). ``families`` maps each perturbation to its family
-    (``perturbations.get_perturbation(name).family``); family ``all`` pools every one.
+    """Mean per fold, then mean (``<value>_mean``) and standard deviation over folds
+    (``<value>_std``) with a hierarchical-bootstrap interval (``<value>_ci_low``,
+    ``<value>_ci_high``; statistics.HierarchicalBootstrap), per (dataset, arch, method,
+    perturbation, severity, prediction).
+
+    ``prediction`` splits the images as FASS does: ``preserved`` (same prediction as on the
+    clean image), ``flipped``, or ``all``; ``flipped_share`` (on the ``all`` rows, the mean of
+    ``flipped``) says how many flipped. ``n_rows`` counts the rows per fold (mean).
     """
-    missing = sorted(set(change["perturbation"]) - set(families))
-    if missing:
-        raise KeyError(f"No perturbation family for {missing}; pass families for every one.")
-    table = change.assign(family=change["perturbation"].map(families))
-    table = pd.concat([table, table.assign(family="all")], ignore_index=True)
+    values = [v for v in SUMMARY_VALUES if v in change.columns]
+    change = change.assign(**{v: change[v].astype(float) for v in values})
+    bootstrap = HierarchicalBootstrap.for_table(change, n_resamples, seed)
     rows = []
-    keys = ["dataset", "arch", "fold", "method", "family"]
-    for key, group in table.groupby(keys, sort=True):
-        wrong = group["wrong"].to_numpy(dtype=bool)
-        drop = group["confidence_drop"].to_numpy(dtype=float)[:, None]
-        baseline = _cross_validated_auroc(wrong, drop, n_splits, seed)
-        for score, (column, sign) in CHANGE_SCORES.items():
-            if column == "confidence_drop":
+    for subset, flipped in PREDICTION_SUBSETS.items():
+        table = change if flipped is None else change[change["flipped"] == flipped]
+        for key, group in table.groupby(SUMMARY_KEYS, sort=True):
+            row = {**dict(zip(SUMMARY_KEYS, key, strict=True)), "prediction": subset}
+            point, resampled = bootstrap.statistic(
+                group, lambda rows, w: _column_means(rows, values, w)
+            )
+            per_fold = group.groupby("fold")[values].mean()
+            for i, value in enumerate(values):
+                interval = with_interval(value, point[i], resampled[:, i], confidence)
+                row[f"{value}_mean"] = interval[value]
+                row[f"{value}_std"] = float(per_fold[value].std(ddof=1))
+                row[f"{value}_ci_low"] = interval[f"{value}_ci_low"]
+                row[f"{value}_ci_high"] = interval[f"{value}_ci_high"]
+            row["n_folds"] = int(group["fold"].nunique())
+            row["n_rows"] = float(len(group) / row["n_folds"])
+            rows.append(row)
+    summary = pd.DataFrame(rows)
+    share = summary.loc[summary["prediction"] == "all"].set_index(SUMMARY_KEYS)["flipped_mean"]
+    summary["flipped_share"] = summary.set_index(SUMMARY_KEYS).index.map(share).to_numpy()
+    return summary
+
+
+def _column_means(rows: pd.DataFrame, values: list[str], weights: np.ndarray) -> np.ndarray:
+    """(R, len(values)) weighted means of the columns."""
+    return np.column_stack(
+        [weighted_mean(rows[value].to_numpy(dtype=float), weights) for value in values]
+    )
+
+
+# Change scores in "larger = more change" form, for trends and variance decomposition.
+CHANGE_SCORE_COLUMNS = {
+    "1 - SSIM": ("ssim", -1.0),
+    "RMSE": ("rmse", 1.0),
+    "1 - Spearman": ("spearman", -1.0),
+    "1 - top-k IoU": ("topk_iou", -1.0),
+}
+
+
+def severity_trends(
+    change: pd.DataFrame, n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95
+) -> pd.DataFrame:
+    """Monotone trend of map change over severity, per (dataset, arch, method, perturbation,
+    score): the Spearman correlation of the change score with severity, computed per image
+    (and target) over its severities, averaged over images and folds (``trend``; +1: change
+    grows with every severity step for every image). Interval and two-sided p from the
+    hierarchical bootstrap, Benjamini-Hochberg q within each dataset. A per-image statistic
+    keeps the test valid although every image contributes every severity.
+    """
+    keys = ["dataset", "arch", "method", "perturbation"]
+    image = ["fold", "image_index", "target"]
+    bootstrap = HierarchicalBootstrap.for_table(change, n_resamples, seed)
+    rows = []
+    for key, group in change.groupby(keys, sort=True):
+        levels = np.sort(group["severity"].unique())
+        if len(levels) < 2:
+            continue  # one severity: no trend to test
+        for score, (column, sign) in CHANGE_SCORE_COLUMNS.items():
+            wide = group.pivot_table(
+                index=image, columns="severity", values=column, aggfunc="mean"
+            ).reindex(columns=levels)
+            complete = wide.dropna()
+            if complete.empty:
                 continue
-            values = sign * group[column].to_numpy(dtype=float)
-            combined = _cross_validated_auroc(
-                wrong, np.column_stack([drop[:, 0], values]), n_splits, seed
+            trend = per_image_trend(
+                np.broadcast_to(levels, complete.shape), sign * complete.to_numpy()
+            )
+            per_image = complete.index.to_frame(index=False).assign(trend=trend)
+            point, resampled = bootstrap.statistic(
+                per_image,
+                lambda rows, w: weighted_mean(rows["trend"].to_numpy(), w)[:, None],
             )
             rows.append(
                 {
                     **dict(zip(keys, key, strict=True)),
                     "score": score,
-                    "auroc": _auroc(wrong, values),
-                    "auroc_confidence_drop": _auroc(wrong, drop[:, 0]),
-                    "auroc_cv_baseline": baseline,
-                    "auroc_cv_combined": combined,
-                    "auroc_gain": combined - baseline,
-                    "n_wrong": int(wrong.sum()),
-                    "n_right": int((~wrong).sum()),
+                    **with_interval("trend", point[0], resampled[:, 0], confidence),
+                    "p_value": bootstrap_p_value(resampled[:, 0]),
+                    "n_images": int(len(per_image) / per_image["fold"].nunique()),
+                    "n_folds": int(per_image["fold"].nunique()),
+                    "n_severities": int(len(levels)),
                 }
             )
-    return pd.DataFrame(rows)
+    trends = pd.DataFrame(rows)
+    if not trends.empty:
+        trends["q_value"] = add_q_values(trends, "p_value", ["dataset"])
+    return trends
+
+
+VARIANCE_FACTORS = ["method", "arch", "perturbation", "severity"]
+
+
+def variance_decomposition(change: pd.DataFrame) -> pd.DataFrame:
+    """η² of method, architecture, perturbation and severity for each change score, per
+    dataset (main-effects linear model, statistics.eta_squared). A factor with one level in
+    the study gets η² 0 and df 0."""
+    rows = []
+    for dataset, group in change.groupby("dataset", sort=True):
+        data = group[VARIANCE_FACTORS].astype(str)
+        for score, (column, sign) in CHANGE_SCORE_COLUMNS.items():
+            data = data.assign(value=sign * group[column].to_numpy(dtype=float))
+            table = eta_squared(data, "value", VARIANCE_FACTORS)
+            rows.append(table.assign(dataset=dataset, score=score))
+    if not rows:
+        return pd.DataFrame()
+    out = pd.concat(rows, ignore_index=True)
+    return out[["dataset", "score", "factor", "eta_squared", "df", "F", "p_value", "n_rows"]]

@@ -181,7 +181,10 @@ def classification_vs_severity(
 def saliency_change_vs_severity(
     summary: pd.DataFrame, path: str | os.PathLike, dpi: int = 120
 ) -> None:
-    """Mean map change (SSIM, Spearman, top-k IoU, RMSE) vs severity, row per method."""
+    """Mean map change (SSIM, Spearman, top-k IoU, RMSE) vs severity, row per method; bands:
+    the summary's bootstrap intervals (all images, preserved and flipped predictions alike)."""
+    if "prediction" in summary.columns:
+        summary = summary[summary["prediction"] == "all"]
     long = summary.melt(
         id_vars=["arch", "method", "perturbation", "severity"],
         value_vars=["ssim_mean", "spearman_mean", "topk_iou_mean", "rmse_mean"],
@@ -208,8 +211,10 @@ def saliency_change_vs_severity(
 def misclassification_detection(
     detection: pd.DataFrame, path: str | os.PathLike, dpi: int = 120
 ) -> None:
-    """AUROC of each change score for detecting misclassified perturbed images."""
+    """AUROC of each detector for wrong perturbed predictions (target ``wrong``), per fold."""
     data = detection.dropna(subset=["auroc"])
+    if "target" in data.columns:
+        data = data[data["target"] == "wrong"]
     if data.empty:
         raise ValueError(
             "No AUROC is defined: every perturbed image was classified right (or every one "
@@ -440,33 +445,56 @@ def sanity_randomisation(
     _save(figure, path, dpi)
 
 
+def _interval_points(data: pd.DataFrame, x: str, y: str, hue: str, **kwargs) -> None:
+    """Points with precomputed interval whiskers (``<y>_ci_low``, ``<y>_ci_high``), dodged
+    by ``hue``; drawn on the current axes of a FacetGrid."""
+    ax = plt.gca()
+    categories = sorted(data[x].unique())
+    hues = sorted(data[hue].unique())
+    width = 0.8 / max(1, len(hues))
+    palette = sns.color_palette(n_colors=len(hues))
+    for j, level in enumerate(hues):
+        rows = data[data[hue] == level].set_index(x).reindex(categories)
+        position = np.arange(len(categories)) - 0.4 + width * (j + 0.5)
+        ax.errorbar(
+            position,
+            rows[y],
+            yerr=[rows[y] - rows[f"{y}_ci_low"], rows[f"{y}_ci_high"] - rows[y]],
+            fmt="o",
+            color=palette[j],
+            label=level,
+            capsize=2,
+            markersize=4,
+        )
+    ax.set_xticks(np.arange(len(categories)), categories)
+
+
 def detection_by_family(table: pd.DataFrame, path: str | os.PathLike, dpi: int = 120) -> None:
-    """AUROC of each map-change score for wrong predictions per perturbation family (top)
-    and its gain beyond the confidence drop (bottom), per method."""
-    data = table.melt(
-        id_vars=["arch", "fold", "method", "family", "score"],
-        value_vars=["auroc", "auroc_gain"],
-        var_name="measure",
-        value_name="value",
-    ).dropna(subset=["value"])
+    """AUROC of each map-change score for wrong predictions per perturbation family (top
+    row) and its gain beyond the confidence drop (bottom row), per method, with the
+    bootstrap intervals as whiskers."""
+    change = table[(table["target"] == "wrong") & (table["kind"] == "change")]
+    data = pd.concat(
+        [
+            change.assign(measure="auroc", value=change["auroc"],
+                          value_ci_low=change["auroc_ci_low"],
+                          value_ci_high=change["auroc_ci_high"]),
+            change.assign(measure="auroc_gain", value=change["auroc_gain"],
+                          value_ci_low=change["auroc_gain_ci_low"],
+                          value_ci_high=change["auroc_gain_ci_high"]),
+        ],
+        ignore_index=True,
+    ).dropna(subset=["value"])  # fmt: skip
     if data.empty:
         raise ValueError(
             "No AUROC is defined: too few wrong (or right) predictions on perturbed images. "
             "Attribute more images (attribute.max_images) or use stronger severities."
         )
-    grid = sns.catplot(
-        data=data,
-        x="method",
-        y="value",
-        hue="score",
-        col="family",
-        row="measure",
-        kind="bar",
-        errorbar="sd",
-        height=2.6,
-        aspect=1.2,
-        sharey="row",
+    grid = sns.FacetGrid(
+        data, row="measure", col="family", height=2.6, aspect=1.2, sharey="row"
     )
+    grid.map_dataframe(_interval_points, x="method", y="value", hue="score")
+    grid.add_legend()
     for (measure, _), ax in grid.axes_dict.items():
         ax.axhline(0.5 if measure == "auroc" else 0.0, color="gray", linestyle="--", lw=0.8)
         ax.tick_params(axis="x", rotation=30)

@@ -11,16 +11,19 @@ import pytest
 
 from saliency_robustness.attribution import saliency_schema
 from saliency_robustness.metrics import (
-    CHANGE_SCORES,
-    misclassification_detection,
+    map_entropy,
+    map_gini,
     normalise_maps,
     rmse,
     saliency_change,
+    severity_trends,
     spearman,
     ssim,
     summarise_change,
     top_k_iou,
     top_k_mask,
+    top_k_weights,
+    variance_decomposition,
 )
 
 H = W = 28
@@ -196,10 +199,14 @@ def test_saliency_change_map_metrics(hand_table):
         assert row["topk_iou"] == pytest.approx(1.0)
     assert change["ssim"].iloc[1] < 0.5
     assert change["rmse"].iloc[1] > 0.1
-    assert math.isnan(change["spearman"].iloc[2])  # constant perturbed map
     assert change["is_constant"].tolist() == [False, False, True, False]
+    assert change["collapsed"].tolist() == [False, False, True, False]
     assert not change["clean_is_constant"].any()
-    assert np.isfinite(change[["ssim", "rmse", "topk_iou"]].to_numpy()).all()
+    # a collapse is a complete change, not missing data (metrics module doc)
+    collapsed = change.iloc[2]
+    assert (collapsed["rmse"], collapsed["ssim"], collapsed["spearman"]) == (1.0, 0.0, 0.0)
+    assert collapsed["topk_iou"] == 0.0
+    assert np.isfinite(change[["ssim", "rmse", "spearman", "topk_iou"]].to_numpy()).all()
 
 
 def test_saliency_change_without_perturbed_rows_raises(hand_table):
@@ -226,10 +233,91 @@ def test_saliency_change_matches_each_perturbation_to_its_own_clean_rows(hand_ta
     np.testing.assert_allclose(contrast["ssim"], 1.0)
 
 
+def test_saliency_change_separates_induced_from_already_wrong_errors(hand_table):
+    change = saliency_change(hand_table, top_k_percent=10)
+    # image 1: right when clean, wrong when perturbed (induced); image 2 was wrong when clean
+    assert change["clean_wrong"].tolist() == [False, False, True, False]
+    assert change["induced"].tolist() == [False, True, False, False]
+    np.testing.assert_allclose(change["msp"], [0.8, 0.7, 0.7, 0.55], atol=1e-6)
+
+
+def test_saliency_change_multi_label_confidence_is_the_predicted_state(hand_table):
+    change = saliency_change(hand_table, top_k_percent=10, multi_label=True)
+    p = change["target_probability"].to_numpy()
+    np.testing.assert_allclose(change["msp"], np.maximum(p, 1 - p))
+
+
+def test_two_constant_maps_are_unchanged_and_a_collapse_is_a_complete_change(hand_table):
+    table = hand_table.copy()
+    zero = [np.zeros(H * W, np.float32)]
+    clean2 = (table["severity"] == 0) & (table["image_index"] == 2)
+    table.loc[clean2, "saliency"] = pd.Series(zero, index=table.index[clean2])
+    table.loc[clean2, "is_constant"] = True
+    change = saliency_change(table, top_k_percent=10).set_index("image_index")
+    both = change.loc[2]
+    assert not both["collapsed"] and both["clean_is_constant"] and both["is_constant"]
+    assert (both["rmse"], both["ssim"], both["spearman"], both["topk_iou"]) == (0, 1, 1, 1)
+    assert np.isfinite(change[["rmse", "ssim", "spearman", "topk_iou"]].to_numpy()).all()
+
+
+# --- tie-aware top-k ---------------------------------------------------------------------------
+
+
+def test_top_k_weights_do_not_depend_on_pixel_order():
+    rng = np.random.default_rng(0)
+    maps = np.round(rng.random((5, H, W)), 1)  # many ties at every value
+    order = rng.permutation(H * W)
+    permuted = maps.reshape(5, -1)[:, order].reshape(maps.shape)
+    weights = top_k_weights(maps, 10).reshape(5, -1)
+    np.testing.assert_allclose(top_k_weights(permuted, 10).reshape(5, -1), weights[:, order])
+    np.testing.assert_allclose(weights.sum(axis=1), round(H * W * 0.1))
+    assert top_k_iou(maps, permuted, 10).min() < 1  # different maps
+    np.testing.assert_allclose(top_k_iou(maps, maps, 10), 1.0)
+
+
+def test_top_k_weights_of_a_constant_map_spread_evenly():
+    weights = top_k_weights(np.zeros((1, H, W)), 10)
+    np.testing.assert_allclose(weights, round(H * W * 0.1) / (H * W))
+    # without ties the weights are the usual 0/1 mask of the k highest pixels
+    distinct = np.arange(H * W, dtype=float).reshape(1, H, W)
+    assert set(np.unique(top_k_weights(distinct, 10))) == {0.0, 1.0}
+
+
+def test_top_k_iou_is_stable_under_float16_rounding():
+    """Grad-CAM-like maps (4x4 upsampled to 28x28, many near-ties): rounding the stored maps
+    to float16 changes the tie-aware IoU by at most 1e-3 on average."""
+    from skimage.transform import resize
+
+    rng = np.random.default_rng(1)
+    coarse = rng.random((200, 4, 4))
+    maps = np.stack([resize(c, (H, W), order=1) for c in coarse])
+    other = np.stack([resize(c + rng.normal(0, 0.2, c.shape), (H, W), order=1) for c in coarse])
+    exact = top_k_iou(normalise_maps(maps), normalise_maps(other), 10)
+    rounded = top_k_iou(
+        normalise_maps(maps.astype(np.float16)), normalise_maps(other.astype(np.float16)), 10
+    )
+    assert np.abs(exact - rounded).mean() <= 1e-3
+
+
+def test_map_entropy_and_gini_on_known_maps():
+    flat = np.ones((1, H, W))
+    peak = np.zeros((1, H, W))
+    peak[0, 3, 3] = 1.0
+    np.testing.assert_allclose(map_entropy(flat), 1.0)
+    np.testing.assert_allclose(map_entropy(np.zeros((1, H, W))), 1.0)
+    np.testing.assert_allclose(map_entropy(peak), 0.0, atol=1e-12)
+    np.testing.assert_allclose(map_gini(flat), 0.0, atol=1e-12)
+    np.testing.assert_allclose(map_gini(peak), 1 - 1 / (H * W))
+    half = np.zeros((1, H * W))
+    half[0, : H * W // 2] = 1.0  # two-point distribution: Gini 0.5
+    np.testing.assert_allclose(map_gini(half.reshape(1, H, W)), 0.5)
+
+
 # --- summaries --------------------------------------------------------------------------------
 
 
 def _change_rows(fold, rmse_values, wrong):
+    n = len(rmse_values)
     return pd.DataFrame(
         {
             "dataset": "breastmnist",
@@ -238,12 +326,15 @@ def _change_rows(fold, rmse_values, wrong):
             "method": "saliency",
             "perturbation": "gaussian_noise",
             "severity": 1,
+            "image_index": np.arange(n),
             "rmse": rmse_values,
             "ssim": 1 - np.asarray(rmse_values),
             "spearman": 0.5,
             "topk_iou": 0.25,
             "wrong": wrong,
+            "induced": wrong,
             "flipped": wrong,
+            "collapsed": False,
             "confidence_drop": 0.0,
         }
     )
@@ -257,97 +348,87 @@ def test_summarise_change_mean_and_std_over_folds():
         ],
         ignore_index=True,
     )
-    summary = summarise_change(change)
-    assert len(summary) == 1
-    row = summary.iloc[0]
+    summary = summarise_change(change, n_resamples=200)
+    row = summary[summary["prediction"] == "all"].iloc[0]
     assert row["rmse_mean"] == pytest.approx(0.3)  # mean of fold means, not of images (0.2667)
     assert row["rmse_std"] == pytest.approx(math.sqrt(0.02))  # sample SD of (0.2, 0.4)
     assert row["ssim_mean"] == pytest.approx(0.7)
     assert row["wrong_mean"] == pytest.approx(0.25)
-    assert row["flipped_mean"] == pytest.approx(0.25)
+    assert row["flipped_share"] == pytest.approx(0.25)
     assert row["spearman_std"] == pytest.approx(0.0)
     assert row["n_folds"] == 2
+    assert row["rmse_ci_low"] <= row["rmse_mean"] <= row["rmse_ci_high"]
+    assert row["rmse_ci_low"] < row["rmse_ci_high"]  # folds and images differ
+    assert row["spearman_ci_low"] == row["spearman_ci_high"] == 0.5  # constant: no spread
     for column in ("dataset", "arch", "method", "perturbation", "severity"):
         assert column in summary.columns
+
+
+def test_summarise_change_splits_preserved_and_flipped_predictions():
+    change = _change_rows(0, [0.1, 0.2, 0.9, 0.8], [False, False, True, True])
+    summary = summarise_change(change, n_resamples=200).set_index("prediction")
+    assert summary.loc["preserved", "rmse_mean"] == pytest.approx(0.15)
+    assert summary.loc["flipped", "rmse_mean"] == pytest.approx(0.85)
+    assert summary.loc["all", "rmse_mean"] == pytest.approx(0.5)
+    np.testing.assert_allclose(summary["flipped_share"], 0.5)
 
 
 def test_summarise_change_keeps_groups_apart():
     a = _change_rows(0, [0.1], [False])
     b = _change_rows(0, [0.5], [True]).assign(severity=2)
-    summary = summarise_change(pd.concat([a, b], ignore_index=True))
+    summary = summarise_change(pd.concat([a, b], ignore_index=True), n_resamples=100)
+    summary = summary[summary["prediction"] == "all"]
     assert summary["severity"].tolist() == [1, 2]
     assert summary["rmse_mean"].tolist() == pytest.approx([0.1, 0.5])
     assert summary["n_folds"].tolist() == [1, 1]
     assert summary["rmse_std"].isna().all()  # one fold: no spread to report
 
 
-# --- misclassification detection --------------------------------------------------------------
+def test_severity_trends_find_a_rising_change_and_no_trend_in_noise():
+    rng = np.random.default_rng(0)
+    rows = []
+    for fold in range(3):
+        for image in range(20):
+            for severity in range(1, 6):
+                rows.append(
+                    {
+                        "dataset": "d", "arch": "a", "fold": fold, "method": "m",
+                        "image_index": image, "target": 0, "severity": severity,
+                        "perturbation": "rising", "ssim": 1 - 0.1 * severity
+                        + rng.normal(0, 0.02), "rmse": rng.random(), "spearman": 0.5,
+                        "topk_iou": 0.5,
+                    }
+                )  # fmt: skip
+    trends = severity_trends(pd.DataFrame(rows), n_resamples=300).set_index("score")
+    assert trends.loc["1 - SSIM", "trend"] > 0.8 and trends.loc["1 - SSIM", "q_value"] < 0.05
+    assert abs(trends.loc["RMSE", "trend"]) < 0.2 and trends.loc["RMSE", "q_value"] > 0.05
+    assert trends.loc["1 - Spearman", "trend"] == 0.0  # constant: no trend
+    assert (trends["trend_ci_low"] <= trends["trend"]).all()
+    assert (trends["trend"] <= trends["trend_ci_high"]).all()
 
 
-def _separable_change(perturbation="gaussian_noise", wrong=(True, True, False, False, False)):
-    wrong = np.asarray(wrong)
-    change = np.where(wrong, 0.9, 0.1) + np.arange(len(wrong)) * 0.01
-    return pd.DataFrame(
+def test_variance_decomposition_matches_a_hand_computed_one_way_eta_squared():
+    rng = np.random.default_rng(0)
+    n = 30
+    table = pd.DataFrame(
         {
-            "dataset": "breastmnist",
-            "arch": "resnet18",
-            "fold": 0,
-            "method": "saliency",
-            "perturbation": perturbation,
+            "dataset": "d",
+            "method": np.repeat(["a", "b", "c"], n),
+            "arch": "resnet18",  # one level
+            "perturbation": "noise",
             "severity": 1,
-            "wrong": wrong,
-            "rmse": change,
-            "ssim": 1 - change,
-            "spearman": 1 - change,
-            "topk_iou": 1 - change,
-            "confidence_drop": change,
+            "ssim": np.repeat([0.2, 0.5, 0.9], n) + rng.normal(0, 0.1, 3 * n),
+            "rmse": rng.random(3 * n),
+            "spearman": rng.random(3 * n),
+            "topk_iou": rng.random(3 * n),
         }
     )
-
-
-def test_detection_auroc_is_one_for_a_perfectly_separating_score():
-    detection = misclassification_detection(_separable_change())
-    assert set(detection["score"]) == set(CHANGE_SCORES)
-    assert set(detection["perturbation"]) == {"gaussian_noise", "all"}
-    assert len(detection) == 2 * len(CHANGE_SCORES)
-    np.testing.assert_allclose(detection["auroc"], 1.0)
-    assert set(detection["n_wrong"]) == {2}
-    assert set(detection["n_right"]) == {3}
-
-
-def test_detection_auroc_is_zero_for_an_inverted_score():
-    change = _separable_change()
-    change["rmse"] = 1 - change["rmse"]
-    detection = misclassification_detection(change)
-    assert detection.loc[detection["score"] == "RMSE", "auroc"].tolist() == [0.0, 0.0]
-
-
-def test_detection_auroc_is_nan_when_only_one_class():
-    detection = misclassification_detection(_separable_change(wrong=[False] * 4))
-    assert detection["auroc"].isna().all()
-    assert set(detection["n_wrong"]) == {0}
-
-
-def test_detection_pools_every_perturbation_under_all():
-    change = pd.concat(
-        [
-            _separable_change("gaussian_noise", wrong=[False, False, False]),
-            _separable_change("contrast", wrong=[True, False, True]),
-        ],
-        ignore_index=True,
+    result = variance_decomposition(table)
+    ssim_rows = result[result["score"] == "1 - SSIM"].set_index("factor")
+    y = -table["ssim"]
+    between = sum(len(g) * (g.mean() - y.mean()) ** 2 for _, g in y.groupby(table["method"]))
+    assert ssim_rows.loc["method", "eta_squared"] == pytest.approx(
+        between / ((y - y.mean()) ** 2).sum()
     )
-    detection = misclassification_detection(change)
-    pooled = detection[detection["perturbation"] == "all"]
-    assert len(pooled) == len(CHANGE_SCORES)
-    assert set(pooled["n_wrong"]) == {2} and set(pooled["n_right"]) == {4}
-    np.testing.assert_allclose(pooled["auroc"], 1.0)
-    noise = detection[detection["perturbation"] == "gaussian_noise"]
-    assert noise["auroc"].isna().all()
-
-
-def test_detection_ignores_nan_scores():
-    change = _separable_change(wrong=[True, True, False, False, False])
-    change.loc[0, "spearman"] = np.nan  # e.g. a constant map
-    detection = misclassification_detection(change)
-    row = detection[(detection["score"] == "1 - Spearman") & (detection["perturbation"] != "all")]
-    assert row["auroc"].iloc[0] == pytest.approx(1.0)
+    assert ssim_rows.loc["arch", "eta_squared"] == 0.0 and ssim_rows.loc["arch", "df"] == 0
+    assert ssim_rows["eta_squared"].sum() == pytest.approx(1.0)

@@ -30,7 +30,8 @@ from saliency_robustness.evaluation import (
     per_label_metrics,
     predict_proba,
 )
-from saliency_robustness.metrics import misclassification_detection, saliency_change
+from saliency_robustness.detection import misclassification_detection
+from saliency_robustness.metrics import saliency_change
 from saliency_robustness.models import images_to_tensor
 from saliency_robustness.registry_check import top_k_target_errors
 from saliency_robustness.synthetic import KINDS, make_synthetic
@@ -229,7 +230,7 @@ def attributed(trained, data):
 
 def test_top_k_rows_targets_and_probabilities(attributed, trained):
     table, clean, labels, perturbed = attributed
-    assert table.schema.equals(saliency_schema(28, 28, N_LABELS))
+    assert table.schema.equals(saliency_schema(28, 28, N_LABELS, completeness=True))
     frame = table.to_pandas()
     assert len(frame) == 5 * 2 * 3  # images x targets x (clean + 2 severities)
     clean_probs = predict_proba(trained.model, clean, 8, multi_label=True)
@@ -294,7 +295,7 @@ def test_saliency_change_joins_on_the_target(trained, data):
         trained.model, clean, labels, perturbed, "saliency", {}, KEYS, batch_size=4,
         multi_label=True, top_k=3,
     ).to_pandas()  # fmt: skip
-    change = saliency_change(frame, top_k_percent=10)
+    change = saliency_change(frame, top_k_percent=10, multi_label=True)
     assert len(change) == 2 * 4 * 3
     same = change[change["perturbation"] == "identity"]
     np.testing.assert_allclose(same["rmse"], 0.0, atol=1e-6)

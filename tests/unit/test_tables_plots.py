@@ -12,7 +12,8 @@ import pyarrow as pa
 import pytest
 
 from saliency_robustness import plots
-from saliency_robustness.metrics import misclassification_detection, summarise_change
+from saliency_robustness.detection import detection_by_family, misclassification_detection
+from saliency_robustness.metrics import summarise_change
 from saliency_robustness.tables import atomic_path, maps_from_table, read_parquet, write_parquet
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -186,6 +187,10 @@ def _change_table() -> pd.DataFrame:
                                 "spearman": 1 - 0.1 * severity - 0.1 * image,
                                 "topk_iou": 1 - 0.15 * severity,
                                 "confidence_drop": 0.02 * severity + 0.4 * wrong,
+                                "clean_wrong": image == 0, "induced": wrong and image > 0,
+                                "msp": 0.9 - 0.3 * wrong, "collapsed": False,
+                                "is_constant": False, "map_entropy": 0.5 + 0.01 * image,
+                                "map_gini": 0.5 - 0.01 * severity,
                             }
                         )  # fmt: skip
     return pd.DataFrame(rows)
@@ -203,6 +208,14 @@ def test_misclassification_detection_from_real_detection_table(tmp_path):
     assert detection["auroc"].notna().any()
     path = tmp_path / "detection.png"
     plots.misclassification_detection(detection, path, dpi=60)
+    assert_png(path)
+
+
+def test_detection_by_family_from_a_real_detection_table(tmp_path):
+    families = {"gaussian_noise": "noise", "contrast": "contrast"}
+    detection, _ = detection_by_family(_change_table(), families, n_splits=2, n_resamples=100)
+    path = tmp_path / "detection_by_family.png"
+    plots.detection_by_family(detection, path, dpi=60)
     assert_png(path)
 
 

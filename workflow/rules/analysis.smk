@@ -112,7 +112,8 @@ rule detection_by_family:
     input:
         saliency_change_files,
     output:
-        "results/summary/{dataset}/detection_by_family.parquet",
+        detection="results/summary/{dataset}/detection_by_family.parquet",
+        method_comparison="results/summary/{dataset}/method_comparison.parquet",
     log:
         "logs/detection_by_family/{dataset}.log",
     benchmark:
@@ -121,9 +122,38 @@ rule detection_by_family:
         "../../envs/perturb.yaml"
     params:
         cv_folds=config["analysis"]["detection"]["cv_folds"],
-        seed=config["seed"],
+        bootstrap=bootstrap_params,
     script:
         "../scripts/detection.py"
+
+
+rule findings:
+    input:
+        detection="results/summary/{dataset}/detection_by_family.parquet",
+        method_comparison="results/summary/{dataset}/method_comparison.parquet",
+        saliency_change="results/summary/{dataset}/saliency_change.parquet",
+        severity_trends="results/summary/{dataset}/severity_trends.parquet",
+        variance_decomposition="results/summary/{dataset}/variance_decomposition.parquet",
+    output:
+        table="results/summary/{dataset}/findings.parquet",
+        csv="results/summary/{dataset}/findings.csv",
+        page=report(
+            "results/summary/{dataset}/findings.html",
+            caption="../report/findings.rst",
+            category="Findings",
+            labels={"dataset": "{dataset}", "figure": "headline findings"},
+        ),
+    log:
+        "logs/findings/{dataset}.log",
+    benchmark:
+        "benchmarks/findings/{dataset}.tsv"
+    conda:
+        "../../envs/metrics.yaml"
+    params:
+        methods=METHODS,
+        confidence=config["metrics"]["confidence"],
+    script:
+        "../scripts/findings.py"
 
 
 rule plot_agreement:

@@ -116,6 +116,23 @@ def top_k_targets(wildcards):
     return config["attribute"]["top_k_targets"] if is_multi_label(task) else 1
 
 
+def multi_label(wildcards):
+    """Whether the dataset's task is multi-label (per-label confidence in saliency_change)."""
+    from saliency_robustness.data import dataset_info
+    from saliency_robustness.evaluation import is_multi_label
+
+    return is_multi_label(dataset_info(wildcards.dataset, config["data"]).task)
+
+
+def bootstrap_params(wildcards):
+    """Settings of the hierarchical bootstrap behind every interval and paired test."""
+    return {
+        "n_resamples": config["metrics"]["bootstrap_resamples"],
+        "confidence": config["metrics"]["confidence"],
+        "seed": config["seed"],
+    }
+
+
 def perturbed_files(wildcards):
     return expand(
         "results/perturbed/{dataset}/{perturbation}.npz",
@@ -225,6 +242,12 @@ def analysis_outputs(dataset):
             f"results/summary/{dataset}/{name}.parquet",
             f"results/plots/{dataset}/{name}.png",
         ]
+    if "detection" in families:  # the findings state the detection answers
+        files += [
+            f"results/summary/{dataset}/findings.parquet",
+            f"results/summary/{dataset}/findings.csv",
+            f"results/summary/{dataset}/findings.html",
+        ]
     return files
 
 
@@ -283,6 +306,8 @@ def all_outputs():
                 "training_history",
                 "saliency_change",
                 "misclassification_detection",
+                "severity_trends",
+                "variance_decomposition",
             ],
         )
         if has_masks(dataset):  # localisation needs lesion masks

@@ -11,6 +11,7 @@ rule saliency_change:
         "../../envs/metrics.yaml"
     params:
         top_k_percent=config["metrics"]["top_k_percent"],
+        multi_label=multi_label,
     script:
         "../scripts/saliency_change.py"
 
@@ -25,11 +26,15 @@ rule summarise:
         training_history="results/summary/{dataset}/training_history.parquet",
         saliency_change="results/summary/{dataset}/saliency_change.parquet",
         detection="results/summary/{dataset}/misclassification_detection.parquet",
+        severity_trends="results/summary/{dataset}/severity_trends.parquet",
+        variance_decomposition="results/summary/{dataset}/variance_decomposition.parquet",
     log:
         "logs/summarise/{dataset}.log",
     benchmark:
         "benchmarks/summarise/{dataset}.tsv"
     conda:
         "../../envs/metrics.yaml"
+    params:
+        bootstrap=bootstrap_params,
     script:
         "../scripts/summarise.py"
