@@ -86,7 +86,8 @@ def test_saliency_parquet_schema_and_values(tiny_run):
     files = sorted((tiny_run / "results" / "saliency").rglob("*.parquet"))
     assert len(files) == len(FOLDS) * len(METHODS)
     for path in files:
-        assert pq.read_schema(path).remove_metadata() == saliency_schema(28, 28, 2)
+        expected = saliency_schema(28, 28, 2, completeness=True)
+        assert pq.read_schema(path).remove_metadata() == expected
     table = ds.dataset(tiny_run / "results" / "saliency", format="parquet").to_table().to_pandas()
     per_model = len(PERTURBATIONS) * (1 + len(SEVERITIES)) * N_ATTRIBUTED
     assert len(table) == per_model * len(files)
@@ -98,6 +99,11 @@ def test_saliency_parquet_schema_and_values(tiny_run):
     assert (table.groupby(["fold", "method", "image_index"])["target"].nunique() == 1).all()
     gradcam = table[table["method"] == "gradcam"]
     assert not gradcam["is_constant"].all()
+    # completeness columns: filled for Integrated Gradients, null for saliency and Grad-CAM
+    ig = table["method"] == "integrated_gradients"
+    assert table.loc[ig, "convergence_delta"].notna().all()
+    assert (table.loc[ig, "completeness_error"].dropna() >= 0).all()
+    assert table.loc[~ig, ["convergence_delta", "completeness_error"]].isna().all().all()
 
 
 def test_saliency_change_metrics_within_bounds(tiny_run):
@@ -109,18 +115,35 @@ def test_saliency_change_metrics_within_bounds(tiny_run):
     assert change["rmse"].between(0, 1).all()
     assert change["ssim"].between(-1, 1).all()
     assert change["topk_iou"].between(0, 1).all()
-    assert change["spearman"].dropna().between(-1, 1).all()
+    assert change["spearman"].between(-1, 1).all()  # defined on every row (collapsed maps too)
     assert change["wrong"].dtype == bool
+    assert not (change["induced"] & change["clean_wrong"]).any()
+    assert (change["collapsed"] == (change["is_constant"] & ~change["clean_is_constant"])).all()
+    assert change["msp"].between(0.5, 1).all() and change["map_entropy"].between(0, 1).all()
 
 
 def test_summaries(tiny_run):
     summary = tiny_run / "results" / "summary" / "breastmnist"
     change = pd.read_parquet(summary / "saliency_change.parquet")
     assert set(change["method"]) == set(METHODS) and set(change["severity"]) == set(SEVERITIES)
-    assert (change["n_folds"] == len(FOLDS)).all()
+    assert set(change["prediction"]) == {"all", "preserved", "flipped"}
+    every = change[change["prediction"] == "all"]
+    assert (every["n_folds"] == len(FOLDS)).all()
+    for metric in ("rmse", "ssim", "spearman", "topk_iou", "wrong", "flipped"):
+        rows = change.dropna(subset=[f"{metric}_mean"])
+        assert (rows[f"{metric}_ci_low"] <= rows[f"{metric}_mean"] + 1e-12).all(), metric
+        assert (rows[f"{metric}_mean"] <= rows[f"{metric}_ci_high"] + 1e-12).all(), metric
     detection = pd.read_parquet(summary / "misclassification_detection.parquet")
     assert set(detection["perturbation"]) == {*PERTURBATIONS, "all"}
+    assert set(detection["target"]) == {"wrong", "induced"}
     assert detection["auroc"].dropna().between(0, 1).all()
+    # every score of one comparison is computed on the same rows
+    keys = ["arch", "fold", "method", "perturbation", "target"]
+    assert (detection.groupby(keys)[["n_rows", "n_wrong"]].nunique() == 1).all().all()
+    trends = pd.read_parquet(summary / "severity_trends.parquet")
+    assert set(trends["method"]) == set(METHODS) and trends["q_value"].between(0, 1).all()
+    eta = pd.read_parquet(summary / "variance_decomposition.parquet")
+    assert np.allclose(eta.groupby("score")["eta_squared"].sum(), 1.0, atol=0.05)
     history = pd.read_parquet(summary / "training_history.parquet")
     assert set(history["fold"]) == set(FOLDS)
 

@@ -62,6 +62,26 @@ def test_analysis_tables_and_figures(tiny_run):
     detection = pd.read_parquet(summary / "detection_by_family.parquet")
     assert "all" in set(detection["family"]) and set(detection["method"]) == set(METHODS)
     assert {"auroc", "auroc_gain", "auroc_cv_baseline"} <= set(detection.columns)
+    assert set(detection["target"]) == {"wrong", "induced"}
+    assert set(detection["kind"]) == {"change", "deployable"}
+    # one row set per comparison: every score of a (method, family, target) uses the same rows
+    keys = ["arch", "method", "family", "target"]
+    assert (detection.groupby(keys)[["n_rows", "n_wrong", "n_images"]].nunique() == 1).all().all()
+    for name in ("auroc", "auroc_baseline", "auroc_difference", "auroc_gain"):
+        rows = detection.dropna(subset=[name])
+        assert (rows[f"{name}_ci_low"] <= rows[name]).all() and (
+            rows[name] <= rows[f"{name}_ci_high"]
+        ).all(), name
+    assert detection[["q_difference", "q_gain"]].stack().between(0, 1).all()
+    comparison = pd.read_parquet(summary / "method_comparison.parquet")
+    assert len(comparison) and comparison["q_value"].between(0, 1).all()
+
+    findings = pd.read_parquet(summary / "findings.parquet")
+    detection_findings = findings[findings["topic"].str.startswith("detection")]
+    assert set(detection_findings["method"]) == set(METHODS)  # every configured method
+    assert findings["statement"].str.len().min() > 20
+    page = (summary / "findings.html").read_text()
+    assert all(method in page for method in METHODS) and "AUROC" in page
 
 
 def planned_jobs(workdir, tmp_path, edit: dict) -> Counter:

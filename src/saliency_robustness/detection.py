@@ -125,6 +125,31 @@ def misclassification_detection(change: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def fit_logistic(features: np.ndarray, positive: np.ndarray, c: float = 1.0) -> np.ndarray:
+    """Coefficients [intercept, weights...] of an L2-penalised logistic regression, the model
+    of ``sklearn.linear_model.LogisticRegression()`` (C = 1, intercept not penalised), by
+    Newton's method.
+
+    Written here because the detection table fits thousands of these one- and two-feature
+    models and sklearn's per-fit overhead dominated (measured: ~70 % of the detection
+    step's time); a test checks the predictions against sklearn's.
+    """
+    x = np.column_stack([np.ones(len(features)), features])
+    y = positive.astype(float)
+    penalty = np.full(x.shape[1], 1.0 / c)
+    penalty[0] = 0.0
+    beta = np.zeros(x.shape[1])
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-(x @ beta)))
+        gradient = x.T @ (p - y) + penalty * beta
+        hessian = (x * (p * (1 - p))[:, None]).T @ x + np.diag(penalty)
+        step = np.linalg.solve(hessian + 1e-12 * np.eye(len(beta)), gradient)
+        beta -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return beta
+
+
 def _out_of_fold_probability(
     positive: np.ndarray, features: np.ndarray, n_splits: int, seed: int
 ) -> np.ndarray | None:
@@ -137,7 +162,6 @@ def _out_of_fold_probability(
     buying AUROC by overfitting; a logistic model matches the one-score AUROCs' monotone use
     of each score.
     """
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
     minority = int(min(positive.sum(), (~positive).sum())) if len(positive) else 0
@@ -145,13 +169,13 @@ def _out_of_fold_probability(
         return None
     splits = StratifiedKFold(min(n_splits, minority), shuffle=True, random_state=seed)
     probability = np.empty(len(positive))
-    # the loop of cross_val_predict(make_pipeline(StandardScaler(), LogisticRegression())),
-    # written out: same predictions, half the per-fit overhead (measured)
+    # cross_val_predict(make_pipeline(StandardScaler(), LogisticRegression())), written out
     for train, test in splits.split(features, positive):
         mean, scale = features[train].mean(axis=0), features[train].std(axis=0)
         scale = np.where(scale > 0, scale, 1.0)
-        model = LogisticRegression().fit((features[train] - mean) / scale, positive[train])
-        probability[test] = model.predict_proba((features[test] - mean) / scale)[:, 1]
+        beta = fit_logistic((features[train] - mean) / scale, positive[train])
+        logit = beta[0] + ((features[test] - mean) / scale) @ beta[1:]
+        probability[test] = 1.0 / (1.0 + np.exp(-logit))
     return probability
 
 

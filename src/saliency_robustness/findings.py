@@ -202,7 +202,8 @@ def variance_findings(decomposition: pd.DataFrame) -> list[dict]:
 def method_findings(comparison: pd.DataFrame, alpha: float) -> list[dict]:
     rows = []
     for row in comparison.itertuples():
-        verdict = "differ" if math.isfinite(row.q_value) and row.q_value < alpha else "do not differ"
+        significant = math.isfinite(row.q_value) and row.q_value < alpha
+        verdict = "differ" if significant else "do not differ"
         rows.append(
             {
                 "dataset": row.dataset,

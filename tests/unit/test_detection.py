@@ -31,8 +31,9 @@ def change_table(n: int = 120, seed: int = 0, folds: int = 2, method: str = "sal
                     "arch": "resnet18",
                     "fold": fold,
                     "method": method,
-                    "perturbation": np.where(np.arange(n) % 2 == 0, "gaussian_noise",
-                                             "motion_blur"),
+                    "perturbation": np.where(
+                        np.arange(n) % 2 == 0, "gaussian_noise", "motion_blur"
+                    ),
                     "severity": 1 + np.arange(n) % 5,
                     "image_index": np.arange(n) // 2,  # two rows (perturbations) per image
                     "wrong": wrong,
@@ -102,7 +103,9 @@ def test_non_finite_rows_are_excluded_from_every_score_alike():
 
 
 def test_detection_by_family_intervals_tests_and_gain():
-    detection, comparison = detection_by_family(change_table(), FAMILIES, n_splits=3, n_resamples=300)
+    detection, comparison = detection_by_family(
+        change_table(), FAMILIES, n_splits=3, n_resamples=300
+    )
     assert set(detection["family"]) == {"noise", "blur", "all"}
     assert set(detection["target"]) == {"wrong", "induced"}
     assert set(detection["kind"]) == {"change", "deployable"}
@@ -143,3 +146,19 @@ def test_too_few_errors_give_nan_not_an_error():
     table.loc[0, "wrong"] = True
     detection, _ = detection_by_family(table, FAMILIES, n_resamples=100)
     assert detection["auroc_gain"].isna().all()
+
+
+def test_own_logistic_fit_predicts_what_sklearn_predicts():
+    from sklearn.linear_model import LogisticRegression
+
+    from saliency_robustness.detection import fit_logistic
+
+    rng = np.random.default_rng(2)
+    for n, separable in ((200, False), (40, True)):
+        positive = rng.random(n) < 0.3
+        shift = 5.0 if separable else 0.8
+        features = rng.normal(size=(n, 2)) + shift * positive[:, None]
+        beta = fit_logistic(features, positive)
+        ours = 1 / (1 + np.exp(-(beta[0] + features @ beta[1:])))
+        reference = LogisticRegression(tol=1e-10, max_iter=10_000).fit(features, positive)
+        np.testing.assert_allclose(ours, reference.predict_proba(features)[:, 1], atol=1e-6)

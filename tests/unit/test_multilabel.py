@@ -21,6 +21,7 @@ from saliency_robustness.attribution import (
     compute_maps,
     saliency_schema,
 )
+from saliency_robustness.detection import misclassification_detection
 from saliency_robustness.evaluation import (
     METRIC_NAMES,
     classification_metrics,
@@ -30,7 +31,6 @@ from saliency_robustness.evaluation import (
     per_label_metrics,
     predict_proba,
 )
-from saliency_robustness.detection import misclassification_detection
 from saliency_robustness.metrics import saliency_change
 from saliency_robustness.models import images_to_tensor
 from saliency_robustness.registry_check import top_k_target_errors

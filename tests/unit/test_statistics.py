@@ -54,9 +54,7 @@ def test_fold_and_image_draws_are_seeded_and_shared_by_every_fold():
 
 
 def test_point_estimate_is_the_mean_of_fold_statistics():
-    table = pd.DataFrame(
-        {"fold": [0, 0, 1], "image_index": [0, 1, 0], "value": [1.0, 3.0, 10.0]}
-    )
+    table = pd.DataFrame({"fold": [0, 0, 1], "image_index": [0, 1, 0], "value": [1.0, 3.0, 10.0]})
     bootstrap = HierarchicalBootstrap.for_table(table, 200, seed=0)
     point, resampled = bootstrap.statistic(
         table, lambda rows, w: weighted_mean(rows["value"].to_numpy(), w)[:, None]
