@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from test_detection import FAMILIES, change_table
 
 from saliency_robustness.detection import detection_by_family
 from saliency_robustness.findings import findings, findings_page
 from saliency_robustness.metrics import severity_trends, summarise_change, variance_decomposition
-from test_detection import FAMILIES, change_table
 
 
 def _change(method: str, seed: int) -> pd.DataFrame:
