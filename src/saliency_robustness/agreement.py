@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from saliency_robustness.metrics import normalise_maps, spearman, top_k_iou
+from saliency_robustness.statistics import HierarchicalBootstrap, weighted_mean, with_interval
 from saliency_robustness.tables import maps_from_table
 
 JOIN = ["perturbation", "severity", "image_index"]
@@ -79,7 +80,12 @@ def pairwise_agreement(
 
 
 def agreement(
-    saliency: pd.DataFrame, top_k_percent: float, same_target_only: bool = False
+    saliency: pd.DataFrame,
+    top_k_percent: float,
+    same_target_only: bool = False,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
 ) -> pd.DataFrame:
     """Mean agreement per model pair, method, perturbation and severity (long table).
 
@@ -87,8 +93,16 @@ def agreement(
     One row per (dataset, method, model_a, model_b, perturbation, severity, metric) with
     ``mean``, ``std`` and ``n_images`` over images, and the pair's ``same_target`` fraction.
     Pairs are unordered (model_a < model_b).
+
+    ``mean_ci_low`` and ``mean_ci_high``: percentile interval of the mean from a bootstrap
+    of the test images (the pair's two models are fixed, so there are no folds to resample;
+    one draw of the images for the whole table, so every perturbation and severity of an
+    image moves together, in every pair).
     """
     rows = []
+    if not saliency.empty:
+        images = saliency["image_index"].to_numpy()
+        bootstrap = HierarchicalBootstrap.draw([0], images, n_resamples, seed)
     for (dataset, method), table in saliency.groupby(["dataset", "method"], sort=True):
         models = sorted(
             {(arch, int(fold)) for arch, fold in zip(table["arch"], table["fold"], strict=True)}
@@ -102,8 +116,13 @@ def agreement(
             for (perturbation, severity), group in per_image.groupby(
                 ["perturbation", "severity"], sort=True
             ):
+                weights = bootstrap.row_weights(group["image_index"].to_numpy())
                 for metric in AGREEMENT_METRICS:
                     values = group[metric].to_numpy(dtype=float)
+                    mean = float(np.nanmean(values)) if np.isfinite(values).any() else np.nan
+                    interval = with_interval(
+                        "mean", mean, weighted_mean(values, weights), confidence
+                    )
                     rows.append(
                         {
                             "dataset": dataset,
@@ -118,19 +137,20 @@ def agreement(
                             "perturbation": perturbation,
                             "severity": int(severity),
                             "metric": metric,
-                            "mean": float(np.nanmean(values))
-                            if np.isfinite(values).any()
-                            else np.nan,
+                            "mean": mean,
                             "std": float(np.nanstd(values))
                             if np.isfinite(values).any()
                             else np.nan,
                             "n_images": int(np.isfinite(values).sum()),
                             "same_target": float(group["same_target"].mean()),
+                            "mean_ci_low": interval["mean_ci_low"],
+                            "mean_ci_high": interval["mean_ci_high"],
                         }
                     )
     columns = [
         "dataset", "method", "pair", "model_a", "model_b", "arch_a", "fold_a", "arch_b",
         "fold_b", "perturbation", "severity", "metric", "mean", "std", "n_images", "same_target",
+        "mean_ci_low", "mean_ci_high",
     ]  # fmt: skip
     return pd.DataFrame(rows, columns=columns).astype(
         {"fold_a": "int16", "fold_b": "int16", "severity": "int8", "n_images": "int32"}

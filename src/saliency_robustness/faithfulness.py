@@ -37,6 +37,12 @@ from torch import nn
 from saliency_robustness.attribution import BLACK, get_method, image_seeds
 from saliency_robustness.metrics import normalise_maps
 from saliency_robustness.models import images_to_tensor
+from saliency_robustness.statistics import (
+    HierarchicalBootstrap,
+    interval,
+    weighted_mean,
+    with_interval,
+)
 
 log = logging.getLogger(__name__)
 
@@ -454,16 +460,80 @@ def faithfulness_table(
     return pd.concat([table[keys].reset_index(drop=True), scores], axis=1)
 
 
-def summarise_faithfulness(table: pd.DataFrame) -> pd.DataFrame:
-    """Long table: mean, standard deviation and number of images of each scalar metric per
-    (dataset, arch, fold, method, perturbation, severity); clean images under 'none'."""
-    keys = ["dataset", "arch", "fold", "method", "perturbation", "severity"]
+def _long_metrics(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """The scalar metrics of a faithfulness table as (keys, image_index, metric, value)."""
     metrics = [m for m in FAITHFULNESS_METRICS if m in table]
-    long = table[keys + metrics].melt(id_vars=keys, var_name="metric", value_name="value")
-    long["value"] = long["value"].astype(float)
-    summary = (
-        long.groupby(keys + ["metric"], sort=True)["value"]
-        .agg(mean="mean", std="std", n_images="count")
-        .reset_index()
+    long = table[[*keys, "image_index", *metrics]].melt(
+        id_vars=[*keys, "image_index"], var_name="metric", value_name="value"
     )
-    return summary.astype({"n_images": "int32"})
+    long["value"] = long["value"].astype(float)
+    return long
+
+
+def summarise_faithfulness(
+    table: pd.DataFrame, n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95
+) -> pd.DataFrame:
+    """Long table: mean, standard deviation and number of images of each scalar metric per
+    (dataset, arch, fold, method, perturbation, severity); clean images under 'none'.
+
+    ``mean_ci_low`` and ``mean_ci_high``: percentile interval of the mean over a bootstrap
+    of the test images with the fold's model fixed (one draw of the images for the whole
+    table, so every perturbation and severity of an image moves together); the interval
+    over folds as well is ``faithfulness_over_folds``'s.
+    """
+    keys = ["dataset", "arch", "fold", "method", "perturbation", "severity"]
+    long = _long_metrics(table, keys)
+    bootstrap = HierarchicalBootstrap.for_table(table, n_resamples, seed)
+    rows = []
+    for key, group in long.groupby(keys + ["metric"], sort=True):
+        values = group["value"].to_numpy()
+        finite = np.isfinite(values)
+        resampled = weighted_mean(values, bootstrap.row_weights(group["image_index"].to_numpy()))
+        mean = float(values[finite].mean()) if finite.any() else np.nan
+        low, high = interval(resampled, confidence)
+        if np.isfinite(mean) and np.isfinite(low):
+            low, high = min(low, mean), max(high, mean)
+        rows.append(
+            {
+                **dict(zip(keys + ["metric"], key, strict=True)),
+                "mean": mean,
+                "std": float(values[finite].std(ddof=1)) if finite.sum() > 1 else np.nan,
+                "n_images": int(finite.sum()),
+                "mean_ci_low": low,
+                "mean_ci_high": high,
+            }
+        )
+    dtypes = {key: table[key].dtype for key in keys}
+    return pd.DataFrame(rows).astype({**dtypes, "n_images": "int32"})
+
+
+def faithfulness_over_folds(
+    table: pd.DataFrame, n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95
+) -> pd.DataFrame:
+    """Long table per (dataset, arch, method, perturbation, severity, metric): ``mean`` (mean
+    over folds of the fold's mean over images), ``std`` (SD over folds), ``mean_ci_low`` and
+    ``mean_ci_high`` (hierarchical bootstrap: folds, then, once, the test images, with
+    replacement), ``n_folds`` and ``n_images`` (per fold, mean)."""
+    keys = ["dataset", "arch", "method", "perturbation", "severity"]
+    long = _long_metrics(table, [*keys, "fold"])
+    bootstrap = HierarchicalBootstrap.for_table(table, n_resamples, seed)
+    rows = []
+    for key, group in long.groupby(keys + ["metric"], sort=True):
+        point, resampled = bootstrap.statistic(
+            group, lambda rows, w: weighted_mean(rows["value"].to_numpy(), w)[:, None]
+        )
+        per_fold = group.groupby("fold")["value"].agg(["mean", "count"])
+        result = with_interval("mean", point[0], resampled[:, 0], confidence)
+        rows.append(
+            {
+                **dict(zip(keys + ["metric"], key, strict=True)),
+                **result,
+                "std": float(per_fold["mean"].std(ddof=1)),
+                "n_folds": int(per_fold["mean"].notna().sum()),
+                "n_images": float(per_fold["count"].mean()),
+            }
+        )
+    columns = [*keys, "metric", "mean", "std", "mean_ci_low", "mean_ci_high"]
+    dtypes = {key: table[key].dtype for key in keys}
+    out = pd.DataFrame(rows)[[*columns, "n_folds", "n_images"]]
+    return out.astype({**dtypes, "n_folds": "int32"})

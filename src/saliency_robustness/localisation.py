@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from saliency_robustness.metrics import normalise_maps, top_k_weights
+from saliency_robustness.statistics import HierarchicalBootstrap, weighted_mean, with_interval
 from saliency_robustness.tables import maps_from_table
 
 SCORES = {"hit": "pointing game", "energy": "energy pointing game", "iou": "top-k IoU"}
@@ -108,9 +109,17 @@ def localisation(
     )
 
 
-def summarise_localisation(table: pd.DataFrame) -> pd.DataFrame:
+def summarise_localisation(
+    table: pd.DataFrame, n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95
+) -> pd.DataFrame:
     """Mean per fold, then mean and standard deviation over folds, per (dataset, arch, method,
-    perturbation, severity); ``n_images`` counts the scored maps per fold."""
+    perturbation, severity); ``n_images`` counts the scored maps per fold.
+
+    ``<score>_ci_low`` and ``<score>_ci_high``: percentile interval of the mean over folds
+    from the hierarchical bootstrap (statistics.HierarchicalBootstrap: folds, then, once,
+    the test images with replacement; every perturbation, severity and target of an image
+    moves with it).
+    """
     columns = ["hit", "energy", "iou", "dice", "mask_fraction"]
     per_fold = table.groupby(KEYS, as_index=False).agg(
         **{c: (c, "mean") for c in columns}, n_images=("hit", "size")
@@ -120,4 +129,25 @@ def summarise_localisation(table: pd.DataFrame) -> pd.DataFrame:
     summary = grouped[columns].mean().add_suffix("_mean")
     spread = grouped[columns].std(ddof=1).add_suffix("_sd")
     counts = grouped.agg(n_folds=("fold", "nunique"), n_images=("n_images", "mean"))
-    return pd.concat([summary, spread, counts], axis=1).reset_index()
+    out = pd.concat([summary, spread, counts], axis=1)
+    if table.empty:
+        return out.reset_index()
+    bootstrap = HierarchicalBootstrap.for_table(table, n_resamples, seed)
+
+    def means(rows: pd.DataFrame, weights: np.ndarray) -> np.ndarray:
+        return np.column_stack(
+            [weighted_mean(rows[c].to_numpy(dtype=float), weights) for c in columns]
+        )
+
+    intervals = {}
+    for key, group in table.groupby(keys, sort=True):
+        _, resampled = bootstrap.statistic(group, means)
+        row = {}
+        for i, column in enumerate(columns):
+            point = out.loc[key, f"{column}_mean"]  # the interval contains the table's mean
+            interval = with_interval(column, point, resampled[:, i], confidence)
+            row[f"{column}_ci_low"] = interval[f"{column}_ci_low"]
+            row[f"{column}_ci_high"] = interval[f"{column}_ci_high"]
+        intervals[key] = row
+    index = pd.MultiIndex.from_tuples(list(intervals), names=keys)
+    return out.join(pd.DataFrame(list(intervals.values()), index=index)).reset_index()

@@ -69,3 +69,34 @@ def test_no_shared_images_is_a_clear_error():
         pairwise_agreement(
             saliency_table(maps, "a", 0, severity=0), saliency_table(maps, "a", 1, severity=3), 10
         )
+
+
+def test_agreement_intervals_contain_the_mean_and_narrow_with_more_images():
+    def tables(n: int, seed: int = 2) -> pd.DataFrame:
+        rng = np.random.default_rng(seed)
+        base = rng.random((n, 8, 8))
+        noisy = base + rng.random((n, 8, 8))
+        frames = []
+        for severity in (0, 5):
+            frames += [
+                saliency_table(base, "resnet18", 0, severity=severity),
+                saliency_table(noisy, "resnet18", 1, severity=severity),
+            ]
+        return pd.concat(frames)
+
+    small = agreement(tables(20), top_k_percent=20, n_resamples=200, seed=0)
+    assert (small["mean_ci_low"] <= small["mean"]).all()
+    assert (small["mean"] <= small["mean_ci_high"]).all()
+    large = agreement(tables(400), top_k_percent=20, n_resamples=200, seed=0)
+    width = {
+        name: (t["mean_ci_high"] - t["mean_ci_low"]).to_numpy()
+        for name, t in (("small", small), ("large", large))
+    }
+    assert (width["large"] < width["small"] / 2).all()
+    # known answer: identical maps agree fully in every resample (zero-width interval)
+    rng = np.random.default_rng(3)
+    maps = rng.random((5, 8, 8))
+    same = agreement(
+        pd.concat([saliency_table(maps, "a", 0), saliency_table(maps, "a", 1)]), 20, n_resamples=50
+    )
+    np.testing.assert_allclose(same[["mean", "mean_ci_low", "mean_ci_high"]], 1.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -14,9 +15,11 @@ from saliency_robustness.faithfulness import (
     curve_auc,
     deletion_insertion_curves,
     faithfulness,
+    faithfulness_over_folds,
     infidelity_scores,
     road_scores,
     sensitivity,
+    summarise_faithfulness,
     target_probability,
 )
 from saliency_robustness.models import images_to_tensor
@@ -156,3 +159,58 @@ def test_road_equals_pytorch_grad_cams_averaging_classes(model, clean_test_image
         expected_lerf = ROADLeastRelevantFirstAverage([30, 70])(inputs, maps, cam_targets, model)
     assert np.allclose(morf, expected_morf, atol=1e-6)
     assert np.allclose(lerf, expected_lerf, atol=1e-6)
+
+
+# --- summaries with bootstrap intervals (hand-made per-image tables) -------------------------
+
+
+def faithfulness_rows(n_images: int, n_folds: int = 3, seed: int = 0) -> pd.DataFrame:
+    """A per-image faithfulness table: clean ('none', 0) and one perturbation at severity 5;
+    ``deletion_auc`` random, ``infidelity`` constant, ``increase_in_confidence`` boolean."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for fold in range(n_folds):
+        for perturbation, severity in (("none", 0), ("noise", 5)):
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "dataset": "d",
+                        "arch": "resnet18",
+                        "fold": fold,
+                        "method": "saliency",
+                        "perturbation": perturbation,
+                        "severity": np.int8(severity),
+                        "image_index": np.arange(n_images),
+                        "deletion_auc": rng.random(n_images) * (1 + severity / 5),
+                        "infidelity": 0.25,
+                        "increase_in_confidence": rng.random(n_images) < 0.5,
+                    }
+                )
+            )
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_faithfulness_summaries_hold_intervals_that_narrow_with_more_images():
+    table = faithfulness_rows(30)
+    per_fold = summarise_faithfulness(table, n_resamples=200, seed=0)
+    assert len(per_fold) == 3 * 2 * 3  # folds x conditions x metrics
+    deletion = per_fold[per_fold["metric"] == "deletion_auc"]
+    expected = table.groupby(["fold", "perturbation"])["deletion_auc"].agg(["mean", "std"])
+    np.testing.assert_allclose(deletion["mean"], expected["mean"])
+    np.testing.assert_allclose(deletion["std"], expected["std"])
+    over = faithfulness_over_folds(table, n_resamples=200, seed=0)
+    assert (over["n_folds"] == 3).all() and (over["n_images"] == 30).all()
+    for summary in (per_fold, over):
+        assert (summary["mean_ci_low"] <= summary["mean"]).all()
+        assert (summary["mean"] <= summary["mean_ci_high"]).all()
+        constant = summary[summary["metric"] == "infidelity"]  # known answer: zero width
+        np.testing.assert_allclose(constant[["mean", "mean_ci_low", "mean_ci_high"]], 0.25)
+    over_deletion = over[over["metric"] == "deletion_auc"].set_index("perturbation")["mean"]
+    np.testing.assert_allclose(over_deletion, expected["mean"].groupby("perturbation").mean())
+    large = faithfulness_over_folds(faithfulness_rows(600), n_resamples=200, seed=0)
+
+    def width(s):
+        rows = s[s["metric"] == "deletion_auc"]
+        return (rows["mean_ci_high"] - rows["mean_ci_low"]).to_numpy()
+
+    assert (width(large) < width(over) / 2).all()

@@ -115,6 +115,53 @@ def test_table_skips_images_without_a_lesion_and_summarises() -> None:
         localisation(_saliency_rows(10, masks), masks[:4], 10)
 
 
+def _score_rows(n_images: int, n_folds: int = 3, seed: int = 0) -> pd.DataFrame:
+    """A localisation table (per image) of three folds: random hits and IoU, a constant
+    mask fraction, clean and one severity."""
+    rng = np.random.default_rng(seed)
+    frames = [
+        pd.DataFrame(
+            {
+                "dataset": "lesions",
+                "arch": "resnet18",
+                "fold": fold,
+                "method": "gradcam",
+                "perturbation": "contrast",
+                "severity": severity,
+                "image_index": np.arange(n_images),
+                "hit": (rng.random(n_images) < 0.7 - 0.1 * severity).astype(float),
+                "energy": rng.random(n_images),
+                "iou": rng.random(n_images),
+                "dice": rng.random(n_images),
+                "mask_fraction": 0.1,
+            }
+        )
+        for fold in range(n_folds)
+        for severity in (0, 3)
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_localisation_summary_intervals():
+    table = _score_rows(40)
+    summary = summarise_localisation(table, n_resamples=200, seed=0)
+    assert list(summary["severity"]) == [0, 3] and (summary["n_folds"] == 3).all()
+    per_fold = table.groupby(["severity", "fold"])["hit"].mean().groupby("severity")
+    np.testing.assert_allclose(summary["hit_mean"], per_fold.mean())
+    np.testing.assert_allclose(summary["hit_sd"], per_fold.std())
+    for score in ("hit", "energy", "iou", "dice", "mask_fraction"):
+        assert (summary[f"{score}_ci_low"] <= summary[f"{score}_mean"]).all(), score
+        assert (summary[f"{score}_mean"] <= summary[f"{score}_ci_high"]).all(), score
+    # known answer: a constant score has a zero-width interval
+    np.testing.assert_allclose(summary[["mask_fraction_ci_low", "mask_fraction_ci_high"]], 0.1)
+    large = summarise_localisation(_score_rows(800), n_resamples=200, seed=0)
+
+    def width(s):
+        return (s["iou_ci_high"] - s["iou_ci_low"]).to_numpy()
+
+    assert (width(large) < width(summary) / 2).all()
+
+
 # --- a real model on the synthetic lesions --------------------------------------------------
 
 

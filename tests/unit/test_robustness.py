@@ -8,9 +8,15 @@ import pandas as pd
 import pytest
 import torch
 
-from saliency_robustness.evaluation import evaluate_model
+from saliency_robustness.evaluation import evaluate_model, metric_rows, prediction_rows
 from saliency_robustness.perturbations import perturb_all_severities
-from saliency_robustness.robustness import balanced_errors, robustness_scores, robustness_summary
+from saliency_robustness.robustness import (
+    attach_intervals,
+    balanced_errors,
+    robustness_bootstrap,
+    robustness_scores,
+    robustness_summary,
+)
 
 
 def _rows(arch: str, fold: int, clean: float, per: dict[str, list[float]]) -> list[dict]:
@@ -80,3 +86,80 @@ def test_on_real_evaluation_metrics(model, breast):
         rows = metrics[(metrics["perturbation"] == row.perturbation) & (metrics["severity"] > 0)]
         assert row.be == pytest.approx(1 - rows["balanced_acc"].mean())
         assert 0 <= row.be <= 1 and 0 <= row.be_clean <= 1
+
+
+# --- intervals from per-image predictions ----------------------------------------------------
+
+
+def predictions_and_metrics(n_images: int, seed: int = 0, perfect: bool = False):
+    """Per-image predictions (and their metrics tables) of two architectures x three folds
+    on one binary test set: clean, and two perturbations at severities 1 and 2."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n_images)
+    predictions, metrics = [], []
+    for arch, skill in (("base", 1.5), ("other", 1.0)):
+        for fold in range(3):
+            for name, severity in [("noise", 0), ("noise", 1), ("noise", 2), ("blur", 0),
+                                   ("blur", 1), ("blur", 2)]:  # fmt: skip
+                logits = rng.normal(size=(n_images, 2))
+                logits[np.arange(n_images), labels] += 100 if perfect else skill / (1 + severity)
+                probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+                probabilities /= probabilities.sum(axis=1, keepdims=True)
+                keys = {"dataset": "d", "arch": arch, "fold": fold}
+                predictions.append(
+                    prediction_rows(labels, probabilities, name, severity).assign(**keys)
+                )
+                metrics += [
+                    {**keys, "perturbation": name, "severity": severity, **row}
+                    for row in metric_rows(labels, probabilities)
+                ]
+    return pd.concat(predictions, ignore_index=True), pd.DataFrame(metrics)
+
+
+def test_bootstrap_points_equal_the_scores_and_contain_them():
+    predictions, metrics = predictions_and_metrics(80)
+    scores = robustness_scores(metrics, "base")
+    summary = robustness_summary(scores)
+    per_fold, per_summary, over = robustness_bootstrap(predictions, "base", 200, seed=0)
+    scored = attach_intervals(scores, per_fold)
+    summarised = attach_intervals(summary, per_summary)
+    assert len(scored) == len(scores) and len(summarised) == len(summary)
+    for table, names in ((scored, ["be_clean", "be", "ce", "rbe"]),
+                         (summarised, ["be_clean", "mbe", "mce", "mrbe"])):  # fmt: skip
+        for name in names:
+            rows = table.dropna(subset=[name])
+            assert len(rows), name
+            assert (rows[f"{name}_ci_low"] <= rows[name]).all(), name
+            assert (rows[name] <= rows[f"{name}_ci_high"]).all(), name
+    over = over.set_index(["arch", "perturbation"])
+    means = scores.groupby(["arch", "perturbation"])[["be", "ce", "rbe"]].mean()
+    for (arch, perturbation), row in means.iterrows():
+        for name in ("be", "ce", "rbe"):
+            assert over.loc[(arch, perturbation), f"{name}_mean"] == pytest.approx(row[name])
+    folds_mean = summary.groupby("arch")[["mbe", "mce"]].mean()
+    assert over.loc[("other", "all"), "be_mean"] == pytest.approx(folds_mean.loc["other", "mbe"])
+    assert over.loc[("other", "all"), "ce_mean"] == pytest.approx(folds_mean.loc["other", "mce"])
+    for name in ("be", "ce", "rbe", "be_clean"):
+        assert (over[f"{name}_ci_low"] <= over[f"{name}_mean"]).all(), name
+        assert (over[f"{name}_mean"] <= over[f"{name}_ci_high"]).all(), name
+    # Known answer: over folds, the baseline's normalised BE is 1 in every resample (its
+    # reference is its own mean over the drawn folds).
+    base = over.loc["base"]
+    np.testing.assert_allclose(base[["ce_mean", "ce_ci_low", "ce_ci_high"]], 1.0)
+    assert (over["n_folds"] == 3).all() and (over["n_images"] == 80).all()
+
+
+def test_bootstrap_intervals_narrow_with_more_images_and_vanish_without_errors():
+    small = robustness_bootstrap(predictions_and_metrics(60)[0], "base", 200, seed=0)[2]
+    large = robustness_bootstrap(predictions_and_metrics(600)[0], "base", 200, seed=0)[2]
+
+    def width(table):
+        return (table["be_ci_high"] - table["be_ci_low"]).to_numpy()
+
+    assert (width(large) < width(small) / 1.5).all()
+    perfect = predictions_and_metrics(30, perfect=True)[0]
+    per_fold, _, over = robustness_bootstrap(perfect, "base", 50, seed=0)
+    assert (per_fold[["be_ci_low", "be_ci_high"]] == 0).all().all()
+    assert (over[["be_mean", "be_ci_low", "be_ci_high"]] == 0).all().all()
+    with pytest.raises(ValueError, match="Baseline architecture 'vgg'"):
+        robustness_bootstrap(perfect, "vgg", 10)

@@ -33,13 +33,16 @@ rule summarise_faithfulness:
     input:
         faithfulness_files,
     output:
-        "results/summary/{dataset}/faithfulness.parquet",
+        summary="results/summary/{dataset}/faithfulness.parquet",
+        over_folds="results/summary/{dataset}/faithfulness_over_folds.parquet",
     log:
         "logs/summarise_faithfulness/{dataset}.log",
     benchmark:
         "benchmarks/summarise_faithfulness/{dataset}.tsv"
     conda:
         "../../envs/attribute.yaml"
+    params:
+        bootstrap=bootstrap_params,
     script:
         "../scripts/summarise_faithfulness.py"
 
@@ -103,6 +106,7 @@ rule agreement:
     params:
         top_k_percent=config["metrics"]["top_k_percent"],
         same_target_only=config["analysis"]["agreement"]["same_target_only"],
+        bootstrap=bootstrap_params,
     script:
         "../scripts/agreement.py"
 

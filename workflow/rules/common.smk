@@ -172,6 +172,14 @@ def classification_files(wildcards):
     )
 
 
+def prediction_files(wildcards):
+    """Every model's per-image predictions (classification intervals, robustness)."""
+    return per_model(
+        "results/evaluation/{dataset}/{arch}/fold{fold}/predictions.parquet",
+        wildcards.dataset,
+    )
+
+
 def history_files(wildcards):
     return expand(
         "results/models/{dataset}/{arch}/fold{fold}/history.parquet",
@@ -296,6 +304,7 @@ def all_outputs():
             f"results/plots/{dataset}/perturbation_grid.png",
             f"results/summary/{dataset}/robustness.parquet",
             f"results/summary/{dataset}/robustness_summary.parquet",
+            f"results/summary/{dataset}/robustness_over_folds.parquet",
             f"results/plots/{dataset}/robustness.png",
         ]
         outputs += expand(
@@ -303,6 +312,7 @@ def all_outputs():
             dataset=dataset,
             table=[
                 "classification",
+                "classification_summary",
                 "training_history",
                 "saliency_change",
                 "misclassification_detection",

@@ -27,6 +27,8 @@ rule summarise_localisation:
         "benchmarks/summarise_localisation/{dataset}.tsv"
     conda:
         "../../envs/metrics.yaml"
+    params:
+        bootstrap=bootstrap_params,
     script:
         "../scripts/summarise_localisation.py"
 

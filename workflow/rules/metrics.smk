@@ -38,3 +38,20 @@ rule summarise:
         bootstrap=bootstrap_params,
     script:
         "../scripts/summarise.py"
+
+
+rule summarise_classification:
+    input:
+        prediction_files,
+    output:
+        "results/summary/{dataset}/classification_summary.parquet",
+    log:
+        "logs/summarise_classification/{dataset}.log",
+    benchmark:
+        "benchmarks/summarise_classification/{dataset}.tsv"
+    conda:
+        "../../envs/metrics.yaml"
+    params:
+        bootstrap=bootstrap_params,
+    script:
+        "../scripts/summarise_classification.py"

@@ -88,20 +88,24 @@ rule plot_perturbation_grid:
         "../scripts/plot_perturbation_grid.py"
 
 
+# metrics env: the intervals recompute balanced errors on bootstrap resamples of the images
 rule robustness:
     input:
-        classification_files,
+        metrics=classification_files,
+        predictions=prediction_files,
     output:
         scores="results/summary/{dataset}/robustness.parquet",
         summary="results/summary/{dataset}/robustness_summary.parquet",
+        over_folds="results/summary/{dataset}/robustness_over_folds.parquet",
     log:
         "logs/robustness/{dataset}.log",
     benchmark:
         "benchmarks/robustness/{dataset}.tsv"
     conda:
-        "../../envs/plots.yaml"
+        "../../envs/metrics.yaml"
     params:
         baseline=config["perturb"]["baseline_arch"] or ARCHS[0],
+        bootstrap=bootstrap_params,
     script:
         "../scripts/robustness.py"
 

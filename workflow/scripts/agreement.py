@@ -7,9 +7,10 @@ from saliency_robustness.tables import read_parquet, write_parquet
 log_to_file(snakemake.log[0])
 write_parquet(
     agreement(
-        read_parquet(snakemake.input),
+        read_parquet(list(snakemake.input)),
         snakemake.params.top_k_percent,
         snakemake.params.same_target_only,
+        **snakemake.params.bootstrap,
     ),
     snakemake.output[0],
 )

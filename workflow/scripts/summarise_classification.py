@@ -7,8 +7,6 @@ from saliency_robustness.tables import read_parquet, write_parquet
 
 log_to_file(snakemake.log[0])
 write_parquet(
-    summarise_classification(
-        read_parquet(list(snakemake.input)), **snakemake.params.bootstrap
-    ),
+    summarise_classification(read_parquet(list(snakemake.input)), **snakemake.params.bootstrap),
     snakemake.output[0],
 )

@@ -1,8 +1,12 @@
-"""One long table of mean faithfulness metrics for a dataset."""
+"""Long tables of mean faithfulness metrics for a dataset: per fold, and over folds, with
+bootstrap intervals."""
 
-from saliency_robustness.faithfulness import summarise_faithfulness
+from saliency_robustness.faithfulness import faithfulness_over_folds, summarise_faithfulness
 from saliency_robustness.logs import log_to_file
 from saliency_robustness.tables import read_parquet, write_parquet
 
 log_to_file(snakemake.log[0])
-write_parquet(summarise_faithfulness(read_parquet(snakemake.input)), snakemake.output[0])
+table = read_parquet(list(snakemake.input))
+bootstrap = snakemake.params.bootstrap
+write_parquet(summarise_faithfulness(table, **bootstrap), snakemake.output.summary)
+write_parquet(faithfulness_over_folds(table, **bootstrap), snakemake.output.over_folds)
