@@ -106,7 +106,9 @@ def test_saliency_rows_per_top_k_target(run):
     files = sorted((run / "results" / "saliency").rglob("*.parquet"))
     assert len(files) == len(FOLDS) * len(METHODS)
     for path in files:
-        assert pq.read_schema(path).remove_metadata() == saliency_schema(28, 28, len(KINDS))
+        assert pq.read_schema(path).remove_metadata() == saliency_schema(
+            28, 28, len(KINDS), completeness=True
+        )
     table = ds.dataset(run / "results" / "saliency", format="parquet").to_table().to_pandas()
     per_model = len(PERTURBATIONS) * (1 + len(SEVERITIES)) * N_ATTRIBUTED * TOP_K
     assert len(table) == per_model * len(files)

@@ -62,6 +62,18 @@ MIN_CAM_SIZE = 4
 # Default CAM layers are searched among the top two levels of the module tree (a ResNet's
 # stages and their blocks), not inside blocks.
 CAM_LAYER_DEPTH = 2
+# Integrated Gradients' default steps: the median relative completeness error of the
+# default study's 1152 maps is 3.7 % at 64 (14.6 % at 16; config/README.md "Convergence of
+# Integrated Gradients", bench/ig_convergence.py).
+IG_STEPS = 64
+# attribute_clean_and_perturbed warns when the median relative completeness error of one
+# table (one model and method) is above this: a study's target is 5 %, but one model's
+# median scatters around it (default study at 64 steps: 1.6, 7.9 and 6.3 % by fold; at 16
+# steps 6.2, 26 and 24 %).
+COMPLETENESS_WARNING = 0.10
+# |f(x) - f(baseline)| at or below this (output units) counts as no change: float32
+# rounding of two forward passes, so the relative completeness error is NaN.
+GAP_TOLERANCE = 1e-6
 
 GRADIENT_ABS = "sum of |attribution| over channels"
 SIGNED_SUM = "signed sum over channels"
@@ -81,6 +93,11 @@ class SaliencyMethod:
     randomness from them. ``channel_reduction`` documents how channels become one map.
     ``signed_by`` (optional) decides ``signed`` from the parameters. ``choices`` lists the
     allowed values of parameters that take names.
+
+    ``completeness``: the attributions sum to f(x) - f(baseline) (f: the model's output for
+    the target, the logit). Such a method's ``compute`` also takes ``return_completeness``;
+    with True it returns ``(maps, Completeness)``. ``completeness_by`` (optional) decides
+    ``completeness`` from the parameters (smoothgrad: only over integrated_gradients).
     """
 
     library: str
@@ -92,6 +109,27 @@ class SaliencyMethod:
     stochastic: bool = False
     choices: dict = field(default_factory=dict)
     signed_by: Callable[[dict], bool] | None = None
+    completeness: bool = False
+    completeness_by: Callable[[dict], bool] | None = None
+
+
+@dataclass(frozen=True)
+class Completeness:
+    """Per image: ``delta``, captum's convergence delta, sum(attributions over channels and
+    pixels, before any channel reduction) - (f(x) - f(baseline)); ``gap``, f(x) - f(baseline),
+    f the model output captum attributes (``model(x)[target]``: the logit, or an ensemble's
+    log mean probability). Both in those output units, float64 arrays of length N."""
+
+    delta: np.ndarray
+    gap: np.ndarray
+
+    @property
+    def error(self) -> np.ndarray:
+        """|delta| / |gap|: the relative completeness error; NaN where f(x) = f(baseline)
+        (|gap| <= ``GAP_TOLERANCE``: nothing to explain, the ratio is rounding noise)."""
+        gap = np.abs(self.gap)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(gap > GAP_TOLERANCE, np.abs(self.delta) / gap, np.nan)
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -142,6 +180,23 @@ def image_seeds(inputs: torch.Tensor, seed: int) -> list[int]:
         entropy = [int(seed) % 2**64, int.from_bytes(digest, "little")]
         seeds.append(int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]) >> 1)
     return seeds
+
+
+def _output_gap(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
+    """f(x) - f(black) per image, f = ``model(x)[target]``: the output captum attributes
+    (logits; an ensemble's log mean probability). One forward pass of the batch and one of
+    a single black image (the baseline is the same for every image)."""
+    with torch.no_grad():
+        outputs = model(inputs.detach())
+        black = model(torch.full_like(inputs[:1], BLACK).detach())
+    rows = torch.arange(len(inputs), device=outputs.device)
+    columns = targets.reshape(-1).long().to(outputs.device)
+    gap = outputs[rows, columns] - black[0, columns]
+    return gap.detach().double().cpu().numpy()
+
+
+def _deltas(delta: torch.Tensor) -> np.ndarray:
+    return delta.detach().double().reshape(-1).cpu().numpy()
 
 
 def _to_uint8(inputs: torch.Tensor) -> np.ndarray:
@@ -403,20 +458,29 @@ def _integrated_gradients(
     model: nn.Module,
     inputs: torch.Tensor,
     targets: torch.Tensor,
-    n_steps: int = 50,
+    n_steps: int = IG_STEPS,
     internal_batch_size: int = 256,
-) -> torch.Tensor:
+    return_completeness: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, Completeness]:
+    """captum IntegratedGradients from the black image (Gauss-Legendre, ``n_steps``
+    points); with ``return_completeness`` also captum's convergence delta per image and
+    f(x) - f(black) from two forward passes of our own."""
     from captum.attr import IntegratedGradients
 
     # internal_batch_size bounds memory: captum otherwise expands the batch n_steps times.
-    attributions = IntegratedGradients(model).attribute(
+    result = IntegratedGradients(model).attribute(
         inputs,
         baselines=torch.full_like(inputs, BLACK),
         target=targets,
         n_steps=int(n_steps),
         internal_batch_size=int(internal_batch_size),
+        return_convergence_delta=return_completeness,
     )
-    return attributions.sum(dim=1)
+    if not return_completeness:
+        return result.sum(dim=1)
+    attributions, delta = result
+    check = Completeness(_deltas(delta), _output_gap(model, inputs, targets))
+    return attributions.sum(dim=1), check
 
 
 def _gradient_shap(
@@ -455,23 +519,38 @@ def _gradient_shap(
 
 
 def _deeplift(
-    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, internal_batch_size: int = 64
-) -> torch.Tensor:
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    internal_batch_size: int = 64,
+    return_completeness: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, Completeness]:
     """captum DeepLift (rescale rule, black baseline) on ``unshared_copy(model)``; images
-    in chunks of ``internal_batch_size`` (each runs twice that: inputs and baselines)."""
+    in chunks of ``internal_batch_size`` (each runs twice that: inputs and baselines).
+
+    With ``return_completeness`` also the summation-to-delta residual per image, captum's
+    convergence delta sum(attributions) - (f(x) - f(black)), computed as captum does but
+    with f(x) - f(black) from one forward pass of the original model (captum's
+    ``return_convergence_delta`` runs inputs and baselines through the copy again: +44 %
+    time at batch 32, against +17 %)."""
     from captum.attr import DeepLift
 
     explainer = DeepLift(unshared_copy(model, inputs))
     chunk = max(1, int(internal_batch_size))
-    maps = []
+    maps, sums = [], []
     with _quiet_captum():
         for start in range(0, len(inputs), chunk):
             x = inputs[start : start + chunk]
             attributions = explainer.attribute(
                 x, baselines=torch.full_like(x, BLACK), target=targets[start : start + chunk]
-            )
-            maps.append(attributions.detach().sum(dim=1))
-    return torch.cat(maps)
+            ).detach()
+            maps.append(attributions.sum(dim=1))
+            if return_completeness:
+                sums.append(_deltas(attributions.reshape(len(x), -1).sum(dim=1)))
+    if not return_completeness:
+        return torch.cat(maps)
+    gap = _output_gap(model, inputs, targets)
+    return torch.cat(maps), Completeness(np.concatenate(sums) - gap, gap)
 
 
 def _guided_backprop(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -509,10 +588,16 @@ def _smoothgrad(
     stdevs: float = 0.3,
     n_steps: int = 20,
     internal_batch_size: int = 64,
-) -> torch.Tensor:
+    return_completeness: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, Completeness]:
     """captum NoiseTunnel (smoothgrad: mean attribution over noisy copies) over ``base``,
     per image with noise from the image's seed. ``internal_batch_size`` bounds the inputs
-    per forward pass (noisy copies, times ``n_steps`` for integrated_gradients)."""
+    per forward pass (noisy copies, times ``n_steps`` for integrated_gradients).
+
+    ``return_completeness`` (integrated_gradients base only): per image, the mean of
+    captum's convergence deltas over the noisy copies (the mean map's completeness
+    residual against mean f(x + noise) - f(black)); that gap is sum(mean attribution) - mean
+    delta, as the noisy copies are drawn inside captum."""
     from captum.attr import InputXGradient, IntegratedGradients, NoiseTunnel, Saliency
 
     if base == "saliency":
@@ -528,13 +613,17 @@ def _smoothgrad(
         method, per_sample = IntegratedGradients(model), int(n_steps)
     else:
         raise ValueError(f"smoothgrad: unknown base '{base}'; allowed: {SMOOTHGRAD_BASES}.")
+    if return_completeness and base != "integrated_gradients":
+        raise ValueError(f"smoothgrad over {base} has no completeness property.")
+    if return_completeness:
+        kwargs["return_convergence_delta"] = True
     tunnel = NoiseTunnel(method)
     batch = max(1, min(int(nt_samples), int(internal_batch_size) // per_sample))
-    maps = []
+    maps, deltas, gaps = [], [], []
     for image, target, seed in zip(inputs, _int_targets(targets), seeds, strict=True):
         x = image.unsqueeze(0)
         with _seeded(seed, x.device), _quiet_captum():
-            attributions = tunnel.attribute(
+            result = tunnel.attribute(
                 x,
                 nt_type="smoothgrad",
                 nt_samples=int(nt_samples),
@@ -543,8 +632,15 @@ def _smoothgrad(
                 target=target,
                 **kwargs,
             )
+        attributions = result[0] if return_completeness else result
+        if return_completeness:
+            delta = float(_deltas(result[1]).mean())  # one per noisy copy
+            deltas.append(delta)
+            gaps.append(float(attributions.detach().double().sum()) - delta)
         maps.append(attributions.detach().sum(dim=1))
-    return torch.cat(maps)
+    if not return_completeness:
+        return torch.cat(maps)
+    return torch.cat(maps), Completeness(np.asarray(deltas), np.asarray(gaps))
 
 
 SMOOTHGRAD_BASES = ("saliency", "input_x_gradient", "integrated_gradients")
@@ -790,7 +886,8 @@ METHODS: dict[str, SaliencyMethod] = {
         signed=True,
         channel_reduction=SIGNED_SUM + " (completeness holds)",
         compute=_integrated_gradients,
-        defaults={"n_steps": 50, "internal_batch_size": 256},
+        defaults={"n_steps": IG_STEPS, "internal_batch_size": 256},
+        completeness=True,
     ),
     "gradient_shap": SaliencyMethod(
         library="captum",
@@ -809,6 +906,7 @@ METHODS: dict[str, SaliencyMethod] = {
         ),
         compute=_deeplift,
         defaults={"internal_batch_size": 64},
+        completeness=True,
     ),
     "guided_backprop": SaliencyMethod(
         library="captum", signed=False, channel_reduction=GRADIENT_ABS, compute=_guided_backprop
@@ -839,6 +937,7 @@ METHODS: dict[str, SaliencyMethod] = {
         stochastic=True,
         choices={"base": SMOOTHGRAD_BASES},
         signed_by=lambda params: params.get("base", "saliency") != "saliency",
+        completeness_by=lambda params: params.get("base") == "integrated_gradients",
     ),
     # captum, perturbations
     "occlusion": SaliencyMethod(
@@ -969,6 +1068,15 @@ def is_signed(name: str, params: dict | None = None) -> bool:
     return method.signed
 
 
+def has_completeness(name: str, params: dict | None = None) -> bool:
+    """Whether ``name``'s attributions sum to f(x) - f(baseline) with these parameters, so
+    that the ``convergence_delta`` and ``completeness_error`` columns are filled."""
+    method = get_method(name)
+    if method.completeness_by is not None:
+        return bool(method.completeness_by({**method.defaults, **(params or {})}))
+    return method.completeness
+
+
 def compute_maps(
     model: nn.Module,
     images: np.ndarray,
@@ -985,17 +1093,55 @@ def compute_maps(
     None the seed is drawn from torch's global generator (so ``torch.manual_seed`` before
     the call fixes the maps). Maps do not depend on ``batch_size``.
     """
+    maps, _ = _compute(model, images, targets, method, params, batch_size, device, seed, False)
+    return maps
+
+
+def compute_maps_and_completeness(
+    model: nn.Module,
+    images: np.ndarray,
+    targets: np.ndarray,
+    method: str,
+    params: dict,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    seed: int | None = None,
+) -> tuple[np.ndarray, Completeness | None]:
+    """``compute_maps`` and, for a method with a completeness property
+    (``has_completeness``), its ``Completeness`` per image (None for other methods). The
+    maps are the same as ``compute_maps``'s."""
+    completeness = has_completeness(method, params)
+    return _compute(model, images, targets, method, params, batch_size, device, seed, completeness)
+
+
+def _compute(
+    model: nn.Module,
+    images: np.ndarray,
+    targets: np.ndarray,
+    method: str,
+    params: dict,
+    batch_size: int,
+    device: torch.device | str,
+    seed: int | None,
+    completeness: bool,
+) -> tuple[np.ndarray, Completeness | None]:
     spec = get_method(method)
     model.eval()
     if spec.stochastic and seed is None:
         seed = int(torch.randint(0, 2**62, ()).item())
-    maps = []
+    maps, deltas, gaps = [], [], []
     for start in range(0, len(images), batch_size):
         inputs = images_to_tensor(images[start : start + batch_size]).to(device)
         inputs.requires_grad_(True)
         batch_targets = torch.as_tensor(targets[start : start + batch_size], device=device).long()
         extra = {"seeds": image_seeds(inputs, seed)} if spec.stochastic else {}
+        if completeness:
+            extra["return_completeness"] = True
         result = spec.compute(model, inputs, batch_targets, **extra, **params)
+        if completeness:
+            result, check = result
+            deltas.append(check.delta)
+            gaps.append(check.gap)
         if isinstance(result, torch.Tensor):
             result = result.detach().float().cpu().numpy()
         maps.append(np.asarray(result, dtype=np.float32))
@@ -1010,7 +1156,13 @@ def compute_maps(
             f"{np.flatnonzero(bad)[:10].tolist()}; check the model weights and the method's "
             "parameters."
         )
-    return maps
+    if not completeness:
+        return maps, None
+    empty = np.zeros(0, np.float64)
+    check = Completeness(
+        np.concatenate(deltas) if deltas else empty, np.concatenate(gaps) if gaps else empty
+    )
+    return maps, check
 
 
 def top_k_targets(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -1035,8 +1187,21 @@ def is_constant(maps: np.ndarray) -> np.ndarray:
     return flat.max(axis=1) - flat.min(axis=1) <= 1e-12 * np.maximum(1.0, np.abs(flat).max(axis=1))
 
 
-def saliency_schema(height: int, width: int, n_classes: int) -> pa.Schema:
-    """Schema of the saliency Parquet files (documented in the README)."""
+# Columns of the saliency table that tables written before them lack (readers must treat
+# them as optional): float32, null for methods without a completeness property.
+COMPLETENESS_COLUMNS = ("convergence_delta", "completeness_error")
+
+
+def saliency_schema(
+    height: int, width: int, n_classes: int, completeness: bool = False
+) -> pa.Schema:
+    """Schema of the saliency Parquet files (documented in the README).
+
+    ``completeness=True``: the schema ``attribute_clean_and_perturbed`` (and so the
+    workflow) writes, ending in ``COMPLETENESS_COLUMNS``; False: the columns every saliency
+    table has, including those written before the completeness columns existed.
+    """
+    extra = [(name, pa.float32()) for name in COMPLETENESS_COLUMNS] if completeness else []
     return pa.schema(
         [
             ("dataset", pa.string()),
@@ -1056,6 +1221,7 @@ def saliency_schema(height: int, width: int, n_classes: int) -> pa.Schema:
             ("signed", pa.bool_()),
             ("is_constant", pa.bool_()),
             ("saliency", pa.list_(pa.float32(), height * width)),
+            *extra,
         ]
     )
 
@@ -1088,16 +1254,21 @@ def attribute_clean_and_perturbed(
     row per (image, target), the same targets at every severity. ``label`` is then the true
     presence of the target label and ``predicted`` its predicted presence (sigmoid
     probability above ``MULTI_LABEL_THRESHOLD``). ``top_k`` is ignored for single-label tasks.
+
+    Methods with a completeness property (``has_completeness``) fill ``convergence_delta``
+    and ``completeness_error`` per map (``Completeness``); the rest leave them null. A
+    table whose median ``completeness_error`` exceeds ``COMPLETENESS_WARNING`` is logged as
+    a warning (raise the method's ``n_steps``).
     """
     n, height, width = clean_images.shape[:3]
 
-    def maps_and_probabilities(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def maps_and_probabilities(images: np.ndarray) -> tuple:
         torch.manual_seed(seed)  # stochastic methods give the same maps for the same config
-        maps = compute_maps(
+        maps, check = compute_maps_and_completeness(
             model, images[image_index], targets, method, params, batch_size, device, seed
         )
         probs = predict_proba(model, images, batch_size, device, multi_label)
-        return maps, probs[image_index]
+        return maps, probs[image_index], check
 
     clean_probs = predict_proba(model, clean_images, batch_size, device, multi_label)
     if multi_label:
@@ -1123,8 +1294,8 @@ def attribute_clean_and_perturbed(
     ]
     clean = maps_and_probabilities(clean_images)
 
-    def rows(name: str, severity: int, maps: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
-        return _rows(name, severity, image_index, targets, maps, probs, multi_label)
+    def rows(name: str, severity: int, maps, probs, check) -> pd.DataFrame:
+        return _rows(name, severity, image_index, targets, maps, probs, check, multi_label)
 
     frames = []
     for name, severity, images in tqdm(levels, desc=method, unit="set", disable=not progress):
@@ -1145,8 +1316,22 @@ def attribute_clean_and_perturbed(
         width=width,
         signed=is_signed(method, params),
     )
-    schema = saliency_schema(height, width, clean_probs.shape[1])
+    _warn_if_not_converged(method, params, table["completeness_error"].to_numpy())
+    schema = saliency_schema(height, width, clean_probs.shape[1], completeness=True)
     return pa.Table.from_pandas(table[schema.names], schema=schema, preserve_index=False)
+
+
+def _warn_if_not_converged(method: str, params: dict, errors: np.ndarray) -> None:
+    errors = errors[np.isfinite(errors)]
+    if len(errors) and np.median(errors) > COMPLETENESS_WARNING:
+        steps = f" (n_steps {params['n_steps']})" if "n_steps" in params else ""
+        log.warning(
+            "%s%s: median relative completeness error %.1f %% (max %.1f %%) over %d maps, "
+            "above %.0f %%: the path integral is not converged; raise "
+            "attribute.params.%s.n_steps.",
+            method, steps, 100 * np.median(errors), 100 * errors.max(), len(errors),
+            100 * COMPLETENESS_WARNING, method,
+        )  # fmt: skip
 
 
 def _rows(
@@ -1156,11 +1341,15 @@ def _rows(
     targets: np.ndarray,
     maps: np.ndarray,
     probs: np.ndarray,
+    check: Completeness | None,
     multi_label: bool,
 ) -> pd.DataFrame:
     """Per-row columns that vary with the perturbation level (see ``saliency_schema``);
-    one row per (image, target), ``probs`` already expanded to those rows."""
+    one row per (image, target), ``probs`` already expanded to those rows; the
+    completeness columns NaN (null in Arrow) without a ``check``."""
     n = len(maps)
+    delta = check.delta if check is not None else np.full(n, np.nan)
+    error = check.error if check is not None else np.full(n, np.nan)
     target_probability = probs[np.arange(n), targets]
     predicted = (
         (target_probability > MULTI_LABEL_THRESHOLD).astype(np.int64)
@@ -1177,5 +1366,7 @@ def _rows(
             "probabilities": list(probs.astype(np.float32)),
             "is_constant": is_constant(maps),
             "saliency": list(maps.reshape(n, -1)),
+            "convergence_delta": delta.astype(np.float32),
+            "completeness_error": error.astype(np.float32),
         }
     )

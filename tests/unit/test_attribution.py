@@ -6,15 +6,19 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from captum.attr import DeepLift
+from captum.attr import DeepLift, IntegratedGradients
 from skimage.filters import sobel
 
+from saliency_robustness import attribution
 from saliency_robustness.attribution import (
     BLACK,
+    COMPLETENESS_COLUMNS,
     METHODS,
     attribute_clean_and_perturbed,
     compute_maps,
+    compute_maps_and_completeness,
     default_cam_layer,
+    has_completeness,
     is_constant,
     is_signed,
     method_params,
@@ -261,7 +265,11 @@ def saliency_table(model, small_set) -> pa.Table:
 
 
 def test_table_matches_the_saliency_schema(saliency_table):
-    assert saliency_table.schema.equals(saliency_schema(28, 28, 2))
+    assert saliency_table.schema.equals(saliency_schema(28, 28, 2, completeness=True))
+    # the columns every saliency table has (older ones too) come first
+    base = saliency_schema(28, 28, 2)
+    assert saliency_table.schema.names[: len(base)] == base.names
+    assert saliency_table.schema.names[len(base) :] == list(COMPLETENESS_COLUMNS)
     assert saliency_table.num_rows == 6 * (2 + 3)
 
 
@@ -319,7 +327,9 @@ def test_table_is_nan_free(saliency_table):
     assert np.isfinite(np.stack(frame["probabilities"])).all()
     assert np.isfinite(frame["target_probability"]).all()
     for column in saliency_table.column_names:
-        assert saliency_table.column(column).null_count == 0, column
+        # saliency has no completeness property: its completeness columns are all null
+        nulls = saliency_table.num_rows if column in COMPLETENESS_COLUMNS else 0
+        assert saliency_table.column(column).null_count == nulls, column
 
 
 def test_is_constant_column_matches_the_maps(saliency_table):
@@ -356,11 +366,16 @@ def test_every_method_builds_a_schema_conform_table(model, small_set, name):
         model, clean[:n], labels[:n], {"contrast": ([3], perturbed["contrast"][1][:, :n])},
         name, fast_params(name), KEYS, batch_size=3,
     )  # fmt: skip
-    assert table.schema.equals(saliency_schema(28, 28, 2))
+    assert table.schema.equals(saliency_schema(28, 28, 2, completeness=True))
     frame = table.to_pandas()
     assert frame["severity"].tolist() == [0] * n + [3] * n
     assert set(frame["signed"]) == {is_signed(name, fast_params(name))}
     assert np.isfinite(maps_from_table(frame)).all()
+    # filled for methods with a completeness property, null for every other one
+    filled = has_completeness(name, fast_params(name))
+    assert name not in {"integrated_gradients", "deeplift"} or filled
+    for column in COMPLETENESS_COLUMNS:
+        assert table.column(column).null_count == (0 if filled else len(frame)), column
 
 
 def test_no_perturbations_gives_clean_rows_named_none(model, small_set):
@@ -378,6 +393,159 @@ def test_same_configuration_gives_the_same_table(model, small_set, saliency_tabl
         model, clean, labels, perturbed, "saliency", {}, KEYS, batch_size=4
     )
     assert again.equals(saliency_table)
+
+
+# --- completeness: convergence delta and relative error ---------------------------------------
+
+
+def _logit_gap(model, x: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """f(x) - f(black) of the target logits, from forward passes here."""
+    inputs = images_to_tensor(x)
+    rows = np.arange(len(x))
+    with torch.no_grad():
+        logits = model(inputs).double().numpy()[rows, targets]
+        baseline = model(torch.full_like(inputs, BLACK)).double().numpy()[rows, targets]
+    return logits - baseline
+
+
+def test_integrated_gradients_convergence_delta_is_the_residual_of_the_unreduced_map(
+    model, images, predicted
+):
+    """Known answer: the stored delta is sum(captum's attributions before the channel
+    sum) - (f(x) - f(black)), f the target logit; the error is |delta| / |that gap|."""
+    x, targets = images[:3], predicted[:3]
+    params = method_params("integrated_gradients", {"n_steps": 8})
+    maps, check = compute_maps_and_completeness(
+        model, x, targets, "integrated_gradients", params, batch_size=2
+    )
+    np.testing.assert_array_equal(
+        maps, compute_maps(model, x, targets, "integrated_gradients", params, batch_size=2)
+    )
+    inputs = images_to_tensor(x).requires_grad_(True)
+    attributions, captum_delta = IntegratedGradients(model).attribute(
+        inputs, baselines=torch.full_like(inputs, BLACK), target=torch.as_tensor(targets),
+        n_steps=8, return_convergence_delta=True,
+    )  # fmt: skip
+    total = attributions.detach().double().sum(dim=(1, 2, 3)).numpy()
+    gap = _logit_gap(model, x, targets)
+    np.testing.assert_allclose(check.gap, gap, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(check.delta, total - gap, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(check.delta, captum_delta.double().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(check.error, np.abs(total - gap) / np.abs(gap), rtol=1e-3)
+    assert np.all(np.abs(check.delta) > 1e-6)  # 8 steps leave a residual to measure
+    # the table stores the same values per row (clean rows)
+    table = attribute_clean_and_perturbed(
+        model, x, np.zeros(3, int), {}, "integrated_gradients", params, KEYS, batch_size=2
+    ).to_pandas()
+    np.testing.assert_allclose(table["convergence_delta"], check.delta, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(table["completeness_error"], check.error, rtol=1e-5)
+
+
+def test_completeness_error_shrinks_with_more_integrated_gradients_steps(model, images, predicted):
+    x, targets = images[:6], predicted[:6]
+    errors = {}
+    for steps in (4, 64):
+        params = method_params("integrated_gradients", {"n_steps": steps})
+        _, check = compute_maps_and_completeness(
+            model, x, targets, "integrated_gradients", params, batch_size=6
+        )
+        errors[steps] = check.error
+    assert np.isfinite(errors[4]).all() and np.isfinite(errors[64]).all()
+    assert np.median(errors[64]) < np.median(errors[4]) / 4, errors
+    assert errors[64].max() < errors[4].max(), errors
+    assert np.median(errors[64]) < 0.05, errors
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # captum's notices on the direct call
+def test_deeplift_convergence_delta_equals_captums(model, images, predicted):
+    x, targets = images[:3], predicted[:3]
+    params = method_params("deeplift", {"internal_batch_size": 2})
+    maps, check = compute_maps_and_completeness(model, x, targets, "deeplift", params, 3)
+    inputs = images_to_tensor(x)
+    attributions, captum_delta = DeepLift(unshared_copy(model, inputs)).attribute(
+        inputs, baselines=torch.full_like(inputs, BLACK), target=torch.as_tensor(targets),
+        return_convergence_delta=True,
+    )  # fmt: skip
+    np.testing.assert_allclose(maps, attributions.detach().sum(dim=1).numpy(), atol=1e-6)
+    np.testing.assert_allclose(check.gap, _logit_gap(model, x, targets), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(check.delta, captum_delta.double().numpy(), atol=1e-4)
+    assert np.all(check.error < 1e-3)  # summation-to-delta holds at 28 px
+
+
+def test_smoothgrad_over_integrated_gradients_stores_the_mean_delta(model, images, predicted):
+    x, targets = images[:2], predicted[:2]
+    params = method_params(
+        "smoothgrad",
+        {"base": "integrated_gradients", "nt_samples": 3, "n_steps": 4, "internal_batch_size": 8},
+    )
+    assert has_completeness("smoothgrad", params)
+    assert not has_completeness("smoothgrad", fast_params("smoothgrad"))  # base saliency
+    maps, check = compute_maps_and_completeness(model, x, targets, "smoothgrad", params, 2, seed=1)
+    np.testing.assert_array_equal(
+        maps, compute_maps(model, x, targets, "smoothgrad", params, 2, seed=1)
+    )
+    # gap: mean f(x + noise) - f(black), near the clean gap for small noise; delta: residual
+    np.testing.assert_allclose(check.gap + check.delta, maps.reshape(2, -1).sum(axis=1), rtol=1e-4)
+    np.testing.assert_allclose(check.gap, _logit_gap(model, x, targets), rtol=0.5)
+    assert np.isfinite(check.error).all()
+
+
+def test_methods_without_completeness_store_nulls(model, small_set):
+    clean, labels, _ = small_set
+    for name in ("saliency", "input_x_gradient", "gradient_shap", "gradcam", "occlusion"):
+        assert not has_completeness(name, fast_params(name)), name
+        maps, check = compute_maps_and_completeness(
+            model, clean[:2], np.zeros(2, int), name, fast_params(name), 2, seed=0
+        )
+        assert check is None and maps.shape == (2, 28, 28)
+    table = attribute_clean_and_perturbed(
+        model, clean[:2], labels[:2], {}, "input_x_gradient", {}, KEYS
+    )
+    for column in COMPLETENESS_COLUMNS:
+        assert table.schema.field(column).type == pa.float32()
+        assert table.column(column).null_count == 2
+        assert np.isnan(table.column(column).to_pandas()).all()
+
+
+def test_completeness_error_is_nan_where_the_output_does_not_change(model):
+    """A black image is its own baseline: f(x) - f(black) = 0, no relative error."""
+    black = np.zeros((2, 28, 28), np.uint8)
+    params = method_params("integrated_gradients", {"n_steps": 4})
+    _, check = compute_maps_and_completeness(
+        model, black, np.array([0, 1]), "integrated_gradients", params, 2
+    )
+    np.testing.assert_allclose(check.gap, [0.0, 0.0], atol=1e-6)  # batch of 2 vs 1 image
+    np.testing.assert_allclose(check.delta, [0.0, 0.0], atol=1e-7)
+    assert np.isnan(check.error).all()
+
+
+def test_not_converged_integrated_gradients_is_logged(
+    model, images, predicted, caplog, monkeypatch
+):
+    args = (model, images[:4], predicted[:4], {}, "integrated_gradients")
+    with caplog.at_level("WARNING", logger="saliency_robustness.attribution"):
+        attribute_clean_and_perturbed(*args, method_params(args[-1], {"n_steps": 64}), KEYS)
+        assert "completeness error" not in caplog.text  # converged: 0.07 % on this model
+        # this small model's path integral is smooth: 1 step gives about 10 %
+        monkeypatch.setattr(attribution, "COMPLETENESS_WARNING", 0.01)
+        attribute_clean_and_perturbed(*args, method_params(args[-1], {"n_steps": 1}), KEYS)
+    assert "median relative completeness error" in caplog.text
+    assert "n_steps 1" in caplog.text
+
+
+def test_an_old_saliency_table_without_the_completeness_columns_still_reads(
+    tmp_path, saliency_table
+):
+    old = saliency_table.drop_columns(list(COMPLETENESS_COLUMNS))
+    assert old.schema.equals(saliency_schema(28, 28, 2))
+    write_parquet(old, tmp_path / "old.parquet")
+    write_parquet(saliency_table, tmp_path / "new.parquet")
+    frame = read_parquet([tmp_path / "old.parquet", tmp_path / "new.parquet"])
+    assert len(frame) == 2 * saliency_table.num_rows
+    assert frame["convergence_delta"].isna().all()
+    np.testing.assert_array_equal(
+        maps_from_table(frame), np.concatenate([maps_from_table(old.to_pandas())] * 2)
+    )
 
 
 # --- DeepLift and guided backpropagation on ResNets ---------------------------------------------
