@@ -490,9 +490,7 @@ def detection_by_family(table: pd.DataFrame, path: str | os.PathLike, dpi: int =
             "No AUROC is defined: too few wrong (or right) predictions on perturbed images. "
             "Attribute more images (attribute.max_images) or use stronger severities."
         )
-    grid = sns.FacetGrid(
-        data, row="measure", col="family", height=2.6, aspect=1.2, sharey="row"
-    )
+    grid = sns.FacetGrid(data, row="measure", col="family", height=2.6, aspect=1.2, sharey="row")
     grid.map_dataframe(_interval_points, x="method", y="value", hue="score")
     grid.add_legend()
     for (measure, _), ax in grid.axes_dict.items():

@@ -53,8 +53,9 @@ def test_findings_state_every_method_with_intervals_and_q_values():
     best = found[(found["method"] == "gradcam") & (found["family"] == "all")]
     wrong = best[(best["target"] == "wrong") & (best["kind"] == "change")].iloc[0]
     assert wrong["score"] == "1 - SSIM"
-    assert f"AUROC {wrong['value']:.3f} [{wrong['ci_low']:.3f}, {wrong['ci_high']:.3f}]" in (
-        wrong["statement"]
+    assert (
+        f"AUROC {wrong['value']:.3f} [{wrong['ci_low']:.3f}, {wrong['ci_high']:.3f}]"
+        in (wrong["statement"])
     )
     assert "confidence drop alone" in wrong["statement"] and "q" in wrong["statement"]
     assert {"map change", "severity trend", "what drives map change", "method vs method"} <= set(
