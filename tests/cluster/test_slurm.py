@@ -49,7 +49,10 @@ FAST_POLLING = (
 )  # fmt: skip
 NO_ANALYSIS = HERE / "no_analysis.yaml"
 # outputs of the analysis families, which the SLURM run leaves out (see the module docstring)
-ANALYSIS_RESULTS = {"faithfulness", "sanity", "agreement", "detection_by_family"}
+ANALYSIS_RESULTS = {
+    "faithfulness", "faithfulness_over_folds", "sanity", "agreement", "detection_by_family",
+    "method_comparison", "findings",
+}  # fmt: skip
 
 
 def _profile_names() -> tuple[str, list[str]]:
