@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from data_sources import (
+    DATA_ENV,
+    DOWNLOAD_CACHE,
+    MEDMNIST_CACHE,
+    TEST_FLAGS,
+    locate_medmnist,
+    serve_folder,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MEDMNIST = REPO.parent / "shared" / "data" / "medmnist"
@@ -19,22 +25,17 @@ SHARED_MEDMNIST = REPO.parent / "shared" / "data" / "medmnist"
 
 @pytest.fixture(scope="session")
 def shared_medmnist() -> Path:
-    if not (SHARED_MEDMNIST / "breastmnist.npz").is_file():
-        pytest.fail(f"Real MedMNIST files are expected in {SHARED_MEDMNIST} (../shared).")
-    return SHARED_MEDMNIST
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:  # keep test output clean
-        pass
-
-
-def serve_folder(folder: Path) -> tuple[str, http.server.ThreadingHTTPServer]:
-    """Serve ``folder`` on 127.0.0.1 (free port); returns (base URL, server)."""
-    handler = functools.partial(_QuietHandler, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return f"http://127.0.0.1:{server.server_address[1]}", server
+    """Real MedMNIST files for the tests (``locate_medmnist``)."""
+    try:
+        folder, _ = locate_medmnist(
+            os.environ.get(DATA_ENV), SHARED_MEDMNIST, MEDMNIST_CACHE, DOWNLOAD_CACHE
+        )
+    except Exception as error:  # no source reachable: say how to provide the files
+        pytest.fail(
+            f"No real MedMNIST test files: {error}. Set {DATA_ENV} to a folder or URL with "
+            f"{', '.join(TEST_FLAGS)}.npz, or put them in {MEDMNIST_CACHE}."
+        )
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """Shared fixtures of the unit tests: real BreastMNIST arrays and a small trained ResNet-18.
 
-Everything is real: the arrays are the official MedMNIST file in ../shared beside the
-repository, and the model is trained here on CPU (never downloaded).
+Everything is real: the arrays are the official MedMNIST files (found as tests/conftest.py's
+locate_medmnist says), and the model is trained here on CPU (never downloaded).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import torch
 from saliency_robustness.data import load_npz
 from saliency_robustness.training import TrainResult, TrainSettings, train_classifier
 
-MEDMNIST_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "medmnist"
 N_TRAIN = 128
 N_VAL = 32
 
@@ -32,10 +31,9 @@ def single_torch_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def medmnist_dir() -> Path:
-    if not (MEDMNIST_DIR / "breastmnist.npz").is_file():
-        pytest.fail(f"Real MedMNIST files are expected in {MEDMNIST_DIR} (../shared).")
-    return MEDMNIST_DIR
+def medmnist_dir(shared_medmnist: Path) -> Path:
+    """Real MedMNIST files, found as tests/conftest.py's ``locate_medmnist`` says."""
+    return shared_medmnist
 
 
 @pytest.fixture(scope="session")
