@@ -43,6 +43,7 @@ from saliency_robustness.evaluation import (
     multi_label_array,
     predict_proba,
 )
+from saliency_robustness.metrics import constant_maps
 from saliency_robustness.models import (
     Ensemble,
     cam_reshape_transform,
@@ -1181,12 +1182,6 @@ def top_k_targets(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return image_index, order.reshape(-1)
 
 
-def is_constant(maps: np.ndarray) -> np.ndarray:
-    """True where a map carries no spatial information (all values equal)."""
-    flat = maps.reshape(len(maps), -1)
-    return flat.max(axis=1) - flat.min(axis=1) <= 1e-12 * np.maximum(1.0, np.abs(flat).max(axis=1))
-
-
 # Columns of the saliency table that tables written before them lack (readers must treat
 # them as optional): float32, null for methods without a completeness property.
 COMPLETENESS_COLUMNS = ("convergence_delta", "completeness_error")
@@ -1364,7 +1359,7 @@ def _rows(
             "predicted": predicted,
             "target_probability": target_probability,
             "probabilities": list(probs.astype(np.float32)),
-            "is_constant": is_constant(maps),
+            "is_constant": constant_maps(maps),
             "saliency": list(maps.reshape(n, -1)),
             "convergence_delta": delta.astype(np.float32),
             "completeness_error": error.astype(np.float32),

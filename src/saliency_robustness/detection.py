@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from saliency_robustness.metrics import CHANGE_SCORE_COLUMNS
 from saliency_robustness.statistics import (
     HierarchicalBootstrap,
     add_q_values,
@@ -50,10 +51,10 @@ class Detector:
 
 
 DETECTORS = {
-    "1 - SSIM": Detector("ssim", -1.0, "change"),
-    "RMSE": Detector("rmse", 1.0, "change"),
-    "1 - Spearman": Detector("spearman", -1.0, "change"),
-    "1 - top-k IoU": Detector("topk_iou", -1.0, "change"),
+    **{
+        name: Detector(column, sign, "change")
+        for name, (column, sign) in CHANGE_SCORE_COLUMNS.items()
+    },
     "map collapsed": Detector("collapsed", 1.0, "change"),
     "map entropy": Detector("map_entropy", 1.0, "deployable"),
     "1 - map Gini": Detector("map_gini", -1.0, "deployable"),

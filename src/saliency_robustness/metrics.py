@@ -66,7 +66,7 @@ def normalise_maps(maps: np.ndarray) -> np.ndarray:
 
 def constant_maps(maps: np.ndarray) -> np.ndarray:
     """True where a map carries no spatial information (all values equal, to 1e-12 of its
-    magnitude; the attribute rule's ``is_constant`` flag uses the same test)."""
+    magnitude); the saliency table's ``is_constant`` flag is this test on the raw maps."""
     flat = maps.reshape(len(maps), -1)
     return flat.max(axis=1) - flat.min(axis=1) <= 1e-12 * np.maximum(1.0, np.abs(flat).max(axis=1))
 
