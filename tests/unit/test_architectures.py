@@ -18,11 +18,11 @@ from torchvision import models as tv_models
 from saliency_robustness.attribution import (
     compute_maps,
     default_cam_layer,
-    is_constant,
     method_params,
     model_method_params,
 )
 from saliency_robustness.evaluation import predict_proba
+from saliency_robustness.metrics import constant_maps as is_constant
 from saliency_robustness.models import (
     ARCHITECTURES,
     Ensemble,

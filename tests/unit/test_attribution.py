@@ -19,7 +19,6 @@ from saliency_robustness.attribution import (
     compute_maps_and_completeness,
     default_cam_layer,
     has_completeness,
-    is_constant,
     is_signed,
     method_params,
     saliency_schema,
@@ -28,6 +27,7 @@ from saliency_robustness.attribution import (
     unshared_copy,
 )
 from saliency_robustness.evaluation import predict_proba
+from saliency_robustness.metrics import constant_maps as is_constant
 from saliency_robustness.models import (
     build_model,
     get_architecture,
