@@ -13,6 +13,14 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 configfile: "config/config.yaml"
 
 
+# One short line per problem (an unknown key names the nearest valid one); Snakemake's
+# validate then fills in the schema's defaults.
+from saliency_robustness.config_schema import load_schema, schema_errors
+
+_schema = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+_schema_errors = schema_errors(config, load_schema(_schema))
+if _schema_errors:
+    raise ValueError("Invalid config:\n  " + "\n  ".join(_schema_errors))
 validate(config, "workflow/schemas/config.schema.yaml")
 
 

@@ -227,6 +227,13 @@ def _fetch(source: str, part: Path, attempts: int) -> int:
         log.warning("attempt %d/%d of %s did not finish", attempt, attempts, source)
     have = part.stat().st_size if part.exists() else 0
     reason = f": {last_error}" if last_error else ""
+    if have == 0:  # never connected, or connected and got nothing: there is nothing to resume
+        part.unlink(missing_ok=True)
+        raise DataError(
+            f"Could not fetch {source} in {attempts} attempts{reason}; nothing was downloaded. "
+            "Check that the URL is right and its server is running, check the network, or set "
+            "'mirror' in the config to a folder or URL that holds the MedMNIST files."
+        )
     raise DataError(
         f"Could not fetch {source}; the transfer was interrupted or truncated {attempts} times "
         f"({have} bytes kept in {part}){reason}. Run again to resume, check the network, or set "
@@ -299,6 +306,30 @@ def load_npz(path: str | os.PathLike, flag: str = "") -> dict[str, np.ndarray]:
     return arrays
 
 
+def local_medmnist_file(flag: str, size: int, mirror: str | None = None) -> Path | None:
+    """The dataset's file where it already is on this machine: downloaded into the working
+    directory, or in a local mirror folder; None when it must still be fetched."""
+    candidates = [Path("resources") / "medmnist" / f"{flag}_{size}.npz"]
+    if mirror and not _is_url(mirror):
+        candidates.append(Path(mirror) / file_name(flag, size))
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def _fold_strata(labels: np.ndarray) -> np.ndarray:
+    """The class each image is stratified by: its label, or a multi-label set's first label."""
+    labels = np.asarray(labels)
+    strata = labels[:, 0] if labels.ndim == 2 else labels
+    return strata.astype(int)
+
+
+def rarest_class_count(path: str | os.PathLike) -> int:
+    """Images of the rarest stratification class over train + val (reads only the labels)."""
+    with np.load(path, allow_pickle=False) as npz:
+        labels = np.concatenate([npz["train_labels"], npz["val_labels"]])
+    counts = np.bincount(_fold_strata(labels))
+    return int(counts[counts > 0].min())
+
+
 def make_folds(labels: np.ndarray, sources: np.ndarray, k: int, seed: int) -> pd.DataFrame:
     """Stratified k-fold assignment over the pooled train+val images.
 
@@ -308,11 +339,8 @@ def make_folds(labels: np.ndarray, sources: np.ndarray, k: int, seed: int) -> pd
     """
     from sklearn.model_selection import StratifiedKFold
 
-    labels = np.asarray(labels)
-    strata = labels[:, 0] if labels.ndim == 2 and labels.shape[1] == 1 else labels
-    if strata.ndim != 1:  # multi-label: stratify on the first label column only
-        strata = strata[:, 0]
-    counts = np.bincount(strata.astype(int))
+    strata = _fold_strata(labels)  # multi-label: stratified on the first label column only
+    counts = np.bincount(strata)
     smallest = counts[counts > 0].min()
     if k < 2 or smallest < k:
         raise DataError(

@@ -422,9 +422,7 @@ def load_imagenet_weights(
     path = imagenet_weights_path(name, weights_file)
     if not path.is_file():
         raise FileNotFoundError(missing_weights_message(name, path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} is not a state_dict (a dict of tensors).")
+    state = read_state_dict(path, f"ImageNet weights of {name}", replace_weights_hint(name, path))
     state = {_DENSENET_OLD_KEY.sub(r"\1\2", key): value for key, value in state.items()}
     first_conv = _first_conv_name(model) + ".weight"
     target = model.state_dict()
@@ -529,9 +527,41 @@ def load_model(
     """
     model = get_architecture(name).build(in_channels, n_classes, image_size, weights is not None)
     model.registry_name = name
-    state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    state = read_state_dict(
+        path,
+        f"trained {name} model",
+        f"Delete it so that Snakemake trains it again, or run: snakemake --forcerun {path}",
+    )
     model.load_state_dict(state)
     return model.to(device).eval()
+
+
+def read_state_dict(path: str | os.PathLike, what: str, fix: str) -> dict:
+    """``torch.load(..., weights_only=True)`` of a state_dict; a damaged or foreign file is a
+    ValueError naming the file, what it should hold and the fix. torch's own message is not
+    passed on: it suggests ``weights_only=False``, which would run the file's pickled code."""
+    try:
+        state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # zip/pickle/EOF errors differ by the kind of damage
+        if "weights_only" in str(error) or "Weights only" in str(error):
+            cause = "it holds Python objects besides tensors (a pickled model, not a state_dict)"
+        else:
+            cause = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        raise ValueError(f"{path} cannot be read as the {what} ({cause}). {fix}") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a state_dict (a dict of tensors) for the {what}. {fix}")
+    return state
+
+
+def replace_weights_hint(name: str, path: str | os.PathLike) -> str:
+    """How to replace a damaged ImageNet weights file."""
+    try:
+        source = f"download {imagenet_weights_url(name)} again and save it as {path}"
+    except ValueError:
+        source = f"replace {path} with an intact copy"
+    return f"Fix: {source}, or point train.weights_files.{name} at an intact copy."
 
 
 # --- ensembles ------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import zipfile
 
 
 def _n_channels(dataset: str, data_config: dict) -> int | None:
@@ -14,6 +16,17 @@ def _n_channels(dataset: str, data_config: dict) -> int | None:
         return dataset_info(dataset, data_config).n_channels
     except Exception:
         return None
+
+
+def missing_packages_message(error: ModuleNotFoundError) -> str:
+    """What to do when the Snakemake process lacks the library's packages: it checks the
+    config against the registries and reads dataset metadata to plan the jobs."""
+    return (
+        f"The Snakemake process needs the workflow's Python packages to check the config and "
+        f"plan the jobs, and '{error.name}' is missing. Run the Snakemake of the virtualenv "
+        "that `make run` creates (.venv/bin/snakemake), or install the packages into the "
+        "environment Snakemake runs in: pip install -r requirements.txt."
+    )
 
 
 def config_errors(config: dict) -> list[str]:
@@ -59,11 +72,93 @@ def config_errors(config: dict) -> list[str]:
             except ValueError as error:
                 errors.append(str(error))
     errors += top_k_target_errors(config)
+    errors += faithfulness_severity_errors(config)
+    errors += cam_layer_errors(config)
+    errors += fold_count_errors(config)
     k = config["folds"]["k"]
     for fold in config["folds"]["run"] or []:
         if fold >= k:
             errors.append(
                 f"folds.run: fold {fold} does not exist with folds.k = {k} (use 0..{k - 1})."
+            )
+    return errors
+
+
+def faithfulness_severity_errors(config: dict) -> list[str]:
+    """Faithfulness severities must be perturbed at all, else its tables hold clean images only."""
+    analysis = config.get("analysis") or {}
+    wanted = (analysis.get("faithfulness") or {}).get("severities")
+    if "faithfulness" not in (analysis.get("run") or []) or wanted is None:
+        return []
+    perturbed = config["perturb"]["severities"]
+    missing = [s for s in wanted if s not in perturbed]
+    if not missing:
+        return []
+    return [
+        f"analysis.faithfulness.severities: {missing} not in perturb.severities {perturbed}, so "
+        "faithfulness would score those severities' images that are never made. List "
+        "severities from perturb.severities there (or null for all of them), or add "
+        f"{missing} to perturb.severities."
+    ]
+
+
+def cam_layer_errors(config: dict) -> list[str]:
+    """A configured ``cam_layer`` must exist in every trained architecture (else attribution
+    fails after training). Models are built on the meta device: no weights, no memory."""
+    import torch
+
+    from saliency_robustness.attribution import METHODS
+    from saliency_robustness.models import ARCHITECTURES, get_architecture
+
+    ensembles = config["train"].get("ensembles") or {}
+    archs = [a for a in config["train"]["architectures"] if a in ARCHITECTURES]
+    errors = []
+    for method, params in (config["attribute"].get("params") or {}).items():
+        layer = (params or {}).get("cam_layer")
+        spec = METHODS.get(method)
+        if spec is None or not spec.uses_cam_layer or layer in (None, "auto"):
+            continue
+        if method not in config["attribute"]["methods"] or archs == [] and ensembles:
+            continue
+        for arch in archs:
+            with torch.device("meta"):
+                model = get_architecture(arch).build(3, 2, config["data"]["size"])
+            try:
+                model.get_submodule(layer)
+            except AttributeError:
+                top = ", ".join(name for name, _ in model.named_children())
+                errors.append(
+                    f"attribute.params.{method}.cam_layer: '{layer}' is not a layer of {arch} "
+                    f"(its top-level layers: {top}). Use a dotted module path such as "
+                    "'layer4' or 'layer4.1', or remove cam_layer to use each architecture's "
+                    "default."
+                )
+    return errors
+
+
+def fold_count_errors(config: dict) -> list[str]:
+    """``folds.k`` must not exceed the rarest class of a MedMNIST dataset whose file is
+    already here (downloaded, or in a local mirror folder); otherwise the folds job checks."""
+    from saliency_robustness.data import local_medmnist_file, rarest_class_count
+
+    k = config["folds"]["k"]
+    custom = config["data"].get("custom") or {}
+    errors = []
+    for name in config["data"]["datasets"]:
+        if name in custom:
+            continue  # custom_data.spec_errors counts the CSV's classes
+        path = local_medmnist_file(name, config["data"]["size"], config.get("mirror"))
+        if path is None:
+            continue
+        try:
+            smallest = rarest_class_count(path)
+        except Exception:  # unreadable files are the download rule's to report
+            continue
+        if smallest < k:
+            errors.append(
+                f"folds.k: {k} stratified folds need at least {k} images of every class, but "
+                f"the rarest class of {name} (train + val) has {smallest}. Set folds.k between "
+                f"2 and {smallest}."
             )
     return errors
 
@@ -94,6 +189,7 @@ def architecture_errors(train: dict) -> list[str]:
         ARCHITECTURES,
         imagenet_weights_path,
         missing_weights_message,
+        replace_weights_hint,
     )
 
     errors = []
@@ -127,6 +223,35 @@ def architecture_errors(train: dict) -> list[str]:
             except ValueError as error:
                 errors.append(f"train.weights: {error}")
                 continue
+            key = (
+                f"train.weights_files.{arch}"
+                if arch in (train.get("weights_files") or {})
+                else "train.weights"
+            )
             if not path.is_file():
-                errors.append(f"train.weights: {missing_weights_message(arch, path)}")
+                errors.append(f"{key}: {missing_weights_message(arch, path)}")
+            elif problem := weights_file_problem(path):
+                errors.append(f"{key}: {path} {problem}. {replace_weights_hint(arch, path)}")
     return errors
+
+
+def weights_file_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be a PyTorch weights file, or None. Reads the file's zip structure
+    and CRCs (torch.save's format) without importing torch or unpickling anything."""
+    with open(path, "rb") as handle:
+        head = handle.read(2)
+    if head == b"PK":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                damaged = archive.testzip()
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError, EOFError) as error:
+            return f"is a damaged or truncated zip archive ({error})"
+        if damaged is not None:
+            return f"is damaged: its member {damaged} fails the CRC check"
+        if not any(name == "data.pkl" or name.endswith("/data.pkl") for name in names):
+            return "is a zip archive but not a PyTorch file (no data.pkl inside)"
+        return None
+    if head[:1] == b"\x80":  # torch.save's legacy (pickle) format; the job reads it safely
+        return None
+    return "is not a PyTorch weights file (neither torch.save's zip nor its legacy format)"

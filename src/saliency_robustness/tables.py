@@ -45,11 +45,32 @@ def write_parquet(table: pd.DataFrame | pa.Table, path: str | os.PathLike) -> No
         pq.write_table(table, tmp)
 
 
-def read_parquet(paths: str | os.PathLike | list) -> pd.DataFrame:
-    """Read one Parquet file or concatenate several (same schema)."""
+class UnreadableTableError(ValueError):
+    """A Parquet file that exists but cannot be read (truncated, overwritten, not Parquet)."""
+
+
+def _read_one(path: str | os.PathLike, columns: list[str] | None) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path, columns=columns)
+    except (pa.ArrowException, OSError) as error:
+        if isinstance(error, FileNotFoundError):
+            raise
+        cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UnreadableTableError(
+            f"{path} is not a readable Parquet file ({cause}); it is probably left over from an "
+            "interrupted run or was overwritten. Delete it so that Snakemake rebuilds it, or "
+            f"rerun the job that writes it: snakemake --forcerun {path}"
+        ) from error
+
+
+def read_parquet(
+    paths: str | os.PathLike | list, columns: list[str] | None = None
+) -> pd.DataFrame:
+    """Read one Parquet file or concatenate several (same schema); an unreadable file is
+    named with the way to rebuild it."""
     if isinstance(paths, (str, os.PathLike)):
-        return pd.read_parquet(paths)
-    frames = [pd.read_parquet(p) for p in paths]
+        return _read_one(paths, columns)
+    frames = [_read_one(p, columns) for p in paths]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 

@@ -172,6 +172,22 @@ def test_http_mirror_without_the_file_raises_data_error(tmp_path):
     assert list(out.iterdir()) == []
 
 
+def test_closed_port_mirror_says_nothing_was_downloaded(tmp_path):
+    """Connection refused: no part file exists, so the message must not claim one."""
+    import socket
+
+    with socket.socket() as probe:  # a port that was free a moment ago, now closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "out"
+    with pytest.raises(DataError) as caught:
+        download("breastmnist", 28, out / "breastmnist.npz", mirror=f"http://127.0.0.1:{port}/")
+    message = str(caught.value)
+    assert "nothing was downloaded" in message and "Connection refused" in message
+    assert ".part" not in message and "bytes kept" not in message
+    assert not out.exists() or list(out.iterdir()) == []
+
+
 def test_truncated_http_transfer_raises_data_error_and_leaves_nothing(tmp_path, breast_path):
     handler = type("Handler", (_TruncatingHandler,), {"payload": breast_path.read_bytes()})
     url, server = _serve(handler)

@@ -10,17 +10,17 @@ wildcard_constraints:
     size=r"\d+",
 
 
+from snakemake.exceptions import WorkflowError
+
+from saliency_robustness.registry_check import config_errors, missing_packages_message
+
+# Only the main process checks: each cluster job parses the Snakefile again.
 try:
-    from saliency_robustness.registry_check import config_errors
-except ImportError as error:  # library dependencies only inside per-rule conda envs
-    logger.warning(
-        f"Registry names not checked before the run ({error}); jobs check them."
-    )
-else:
-    # Only the main process checks: each cluster job parses the Snakefile again.
     _errors = config_errors(config) if workflow.is_main_process else []
-    if _errors:
-        raise ValueError("Invalid config:\n  " + "\n  ".join(_errors))
+except ModuleNotFoundError as error:
+    raise WorkflowError(missing_packages_message(error)) from None
+if _errors:
+    raise ValueError("Invalid config:\n  " + "\n  ".join(_errors))
 
 
 DATASETS = config["data"]["datasets"]
@@ -79,9 +79,23 @@ def _custom_csv(spec):
 
 
 def custom_dataset_inputs(wildcards):
-    """A folder dataset's CSV (editing it rebuilds the dataset); nothing for synthetic."""
+    """A folder dataset's CSV and every image and mask it lists, so that editing or
+    replacing any of them rebuilds the dataset; nothing for synthetic sets. Paths are
+    checked (existence, inside root) at config time; stdlib csv keeps the parse light.
+    """
+    import csv
+
     spec = CUSTOM[wildcards.dataset]
-    return [str(_custom_csv(spec))] if spec["source"] == "folder" else []
+    if spec["source"] != "folder":
+        return []
+    path = _custom_csv(spec)
+    files = [str(path)]
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            for column in ("path", "mask"):
+                if (row.get(column) or "").strip():
+                    files.append(str(Path(spec["root"]) / row[column].strip()))
+    return files
 
 
 def custom_dataset_spec(wildcards):
@@ -326,4 +340,5 @@ def all_outputs():
                 f"results/plots/{dataset}/localisation.png",
             ]
         outputs += analysis_outputs(dataset)
+    outputs += colour_preview_outputs()  # perturb.smk: only for studies with RGB data
     return outputs

@@ -1,11 +1,10 @@
 """Figure: faithfulness metrics against severity."""
 
-import pandas as pd
-
 from saliency_robustness.logs import log_to_file
 from saliency_robustness.plots import faithfulness_vs_severity
+from saliency_robustness.tables import read_parquet
 
 log_to_file(snakemake.log[0])
 faithfulness_vs_severity(
-    pd.read_parquet(snakemake.input[0]), snakemake.output[0], dpi=snakemake.params.dpi
+    read_parquet(snakemake.input[0]), snakemake.output[0], dpi=snakemake.params.dpi
 )

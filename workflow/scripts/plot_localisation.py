@@ -1,11 +1,10 @@
 """Figure: localisation scores against the lesion masks vs severity, per method."""
 
-import pandas as pd
-
 from saliency_robustness.logs import log_to_file
 from saliency_robustness.plots import localisation_vs_severity
+from saliency_robustness.tables import read_parquet
 
 log_to_file(snakemake.log[0])
 localisation_vs_severity(
-    pd.read_parquet(snakemake.input[0]), snakemake.output[0], dpi=snakemake.params.dpi
+    read_parquet(snakemake.input[0]), snakemake.output[0], dpi=snakemake.params.dpi
 )

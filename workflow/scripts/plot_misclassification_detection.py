@@ -1,11 +1,10 @@
 """Figure: misclassification detection."""
 
-import pandas as pd
-
 from saliency_robustness.logs import log_to_file
 from saliency_robustness.plots import misclassification_detection
+from saliency_robustness.tables import read_parquet
 
 log_to_file(snakemake.log[0])
 misclassification_detection(
-    pd.read_parquet(snakemake.input[0]), snakemake.output[0], dpi=snakemake.params.dpi
+    read_parquet(snakemake.input[0]), snakemake.output[0], dpi=snakemake.params.dpi
 )
