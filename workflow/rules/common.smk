@@ -340,5 +340,4 @@ def all_outputs():
                 f"results/plots/{dataset}/localisation.png",
             ]
         outputs += analysis_outputs(dataset)
-    outputs += colour_preview_outputs()  # perturb.smk: only for studies with RGB data
     return outputs
