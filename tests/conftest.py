@@ -32,8 +32,9 @@ def shared_medmnist() -> Path:
         )
     except Exception as error:  # no source reachable: say how to provide the files
         pytest.fail(
-            f"No real MedMNIST test files: {error}. Set {DATA_ENV} to a folder or URL with "
-            f"{', '.join(TEST_FLAGS)}.npz, or put them in {MEDMNIST_CACHE}."
+            f"No real MedMNIST test files: {str(error).rstrip('.')}. Set {DATA_ENV} to a "
+            f"folder or URL with {', '.join(f'{flag}.npz' for flag in TEST_FLAGS)}, or put "
+            f"them in {MEDMNIST_CACHE}."
         )
     return folder
 

@@ -82,10 +82,8 @@ def test_snakemake_without_the_library_packages_says_what_to_install(snakemake_o
     assert "ModuleNotFoundError" not in output  # a message, not a traceback
 
 
-def test_replacing_an_image_of_a_folder_dataset_rebuilds_it(tmp_path, shared_medmnist):
-    """The CSV stays the same; the new image content must reach the dataset."""
-    with np.load(shared_medmnist / "breastmnist.npz") as npz:
-        breast = {key: npz[key] for key in npz.files}
+def _folder_dataset(tmp_path: Path, breast: dict) -> Path:
+    """A 16-image folder dataset (PNG files and a CSV) and a config file that selects it."""
     root = tmp_path / "scans"
     (root / "images").mkdir(parents=True)
     rows = []
@@ -103,6 +101,19 @@ def test_replacing_an_image_of_a_folder_dataset_rebuilds_it(tmp_path, shared_med
             {"data": {"datasets": ["mine"], "custom": {"mine": spec}}, "folds": {"k": 2}}
         )
     )
+    return config
+
+
+def _breast(shared_medmnist: Path) -> dict:
+    with np.load(shared_medmnist / "breastmnist.npz") as npz:
+        return {key: npz[key] for key in npz.files}
+
+
+def test_replacing_an_image_of_a_folder_dataset_rebuilds_it(tmp_path, shared_medmnist):
+    """The CSV stays the same; the new image content must reach the dataset."""
+    breast = _breast(shared_medmnist)
+    config = _folder_dataset(tmp_path, breast)
+    root = tmp_path / "scans"
     target = "resources/custom/mine_28.npz"
     built = snakemake(tmp_path, "-p", target, presets=("tiny", config))
     assert built.returncode == 0, built.stderr[-3000:]
@@ -117,3 +128,36 @@ def test_replacing_an_image_of_a_folder_dataset_rebuilds_it(tmp_path, shared_med
     assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
     with np.load(tmp_path / target) as npz:
         np.testing.assert_array_equal(npz["test_images"][0], 255 - before)
+
+
+def test_a_conda_job_does_not_import_from_snakemakes_environment(
+    tmp_path, shared_medmnist, snakemake_only_venv
+):
+    """Snakemake's script preamble appends the Snakemake process's sys.path (its venv's
+    site-packages) to the job's. Run a real generated job script (kept with
+    --skip-script-cleanup) the way a conda job runs it: with another environment's Python,
+    here one that has Snakemake but none of the library's packages. The job must fail on
+    the first missing package instead of importing it from Snakemake's virtualenv."""
+    config = _folder_dataset(tmp_path, _breast(shared_medmnist))
+    target = "resources/custom/mine_28.npz"
+    built = snakemake(tmp_path, "--skip-script-cleanup", target, presets=("tiny", config))
+    assert built.returncode == 0, built.stderr[-3000:]
+    scripts = list((tmp_path / ".snakemake" / "scripts").glob("*build_custom_dataset.py"))
+    assert len(scripts) == 1, scripts
+    (tmp_path / target).unlink()
+    job_python = snakemake_only_venv / "bin" / "python"
+    env = {**os.environ, "PYTHONPATH": ""}
+    run = subprocess.run(
+        [str(job_python), str(scripts[0])],
+        cwd=tmp_path, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert run.returncode != 0
+    assert "ModuleNotFoundError: No module named" in run.stderr, run.stderr[-3000:]
+    assert not (tmp_path / target).exists()
+    # The same script with Snakemake's own Python (the plain-virtualenv path) still works.
+    again = subprocess.run(
+        [sys.executable, str(scripts[0])],
+        cwd=tmp_path, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (tmp_path / target).exists()

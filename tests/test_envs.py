@@ -74,7 +74,7 @@ def env_packages(env_file: Path) -> dict[str, str]:
         entries += dependency["pip"] if isinstance(dependency, dict) else [dependency]
     pins = {}
     for entry in entries:
-        match = re.match(r"([A-Za-z0-9_.\-]+)\s*(?:==?\s*(\S+))?", entry)
+        match = re.match(r"([A-Za-z0-9_.\-]+)\s*(?:==?\s*([^\s;]+))?", entry)
         pins[_normalise(match[1])] = match[2] or ""
     return pins
 
@@ -108,7 +108,7 @@ def test_script_imports_are_in_the_rules_env(rule, env_file, script):
 def test_env_versions_match_requirements():
     requirements = {}
     for line in (REPO / "requirements.txt").read_text().splitlines():
-        line = line.split("#")[0].strip()
+        line = line.split("#")[0].split(";")[0].strip()  # no comment, no environment marker
         if line:
             name, version = line.split("==")
             requirements[_normalise(name)] = version
@@ -118,3 +118,79 @@ def test_env_versions_match_requirements():
                 continue
             assert name in requirements, f"{env_file.name}: {name} is not in requirements.txt"
             assert version == requirements[name], f"{env_file.name}: {name}=={version}"
+
+
+# --- minimal and fully pinned ----------------------------------------------------------------
+
+HEAVY_BYTES = 20 << 20  # an installed package above 20 MB must never come in unpinned
+
+
+def _requires(name: str, extras: frozenset[str]) -> list[tuple[str, frozenset[str], bool]]:
+    """Runtime dependencies of an installed distribution with ``extras`` requested: (name,
+    extras it asks for, whether it bounds the version to one release series: ``==``, ``==X.*``
+    or ``~=``, the way torch pins its CUDA wheels)."""
+    from packaging.requirements import Requirement
+
+    found = []
+    for line in importlib.metadata.distribution(name).requires or []:
+        requirement = Requirement(line)
+        marker = requirement.marker
+        if marker is None or any(marker.evaluate({"extra": e}) for e in {"", *extras}):
+            exact = any(spec.operator in ("==", "===", "~=") for spec in requirement.specifier)
+            found.append((_normalise(requirement.name), frozenset(requirement.extras), exact))
+    return found
+
+
+def _closure(names: set[str]) -> dict[str, bool]:
+    """The distributions pip installs for ``names``, recursively, each with whether some
+    requirement bounds its version (read from the pinned virtualenv, which has the same
+    versions as the envs)."""
+    pinned = dict.fromkeys(names, True)
+    todo, seen = [(name, frozenset()) for name in names], set()
+    while todo:
+        item = todo.pop()
+        if item in seen:
+            continue
+        seen.add(item)
+        try:
+            requires = _requires(*item)
+        except importlib.metadata.PackageNotFoundError:
+            continue  # not installed here: only reachable on another platform
+        for dependency, extras, exact in requires:
+            todo.append((dependency, extras))
+            pinned[dependency] = pinned.get(dependency, False) or exact
+    return pinned
+
+
+def _installed_bytes(name: str) -> int:
+    files = importlib.metadata.distribution(name).files or []
+    return sum(path.locate().stat().st_size for path in files if path.locate().is_file())
+
+
+ENV_FILES = sorted((REPO / "envs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("env_file", ENV_FILES, ids=[f.stem for f in ENV_FILES])
+def test_env_lists_only_what_its_scripts_need(env_file):
+    """Every listed package is imported by a script of the env's rules (or the library code it
+    reaches), or is a dependency of one that is (listed to pin its version)."""
+    listed = set(env_packages(env_file)) - {"python", "pip"}
+    imported = set()
+    for _, rule_env, script in RULES:
+        if rule_env == env_file.resolve():
+            for module in third_party_modules(script) - {"snakemake"}:
+                imported |= {_normalise(d) for d in DISTRIBUTIONS.get(module, [module])}
+    needed = set(_closure(imported & listed))
+    assert not listed - needed, f"{env_file.name}: nothing needs {sorted(listed - needed)}"
+
+
+@pytest.mark.parametrize("env_file", ENV_FILES, ids=[f.stem for f in ENV_FILES])
+def test_env_pulls_no_unpinned_heavy_package(env_file):
+    """pip resolves the env's list to these pins plus their dependencies; a dependency that
+    is not pinned and is large (torch through medmnist, say) would arrive at whatever version
+    is newest on the day the env is built."""
+    listed = set(env_packages(env_file)) - {"python", "pip"}
+    unpinned = {name for name, exact in _closure(listed).items() if not exact}
+    heavy = {name: _installed_bytes(name) >> 20 for name in unpinned}
+    heavy = {name: size for name, size in heavy.items() if size << 20 >= HEAVY_BYTES}
+    assert not heavy, f"{env_file.name} pulls unpinned {heavy} (MB installed); pin them"

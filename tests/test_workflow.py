@@ -220,7 +220,7 @@ def test_corrupt_download_fails_with_md5_message_and_leaves_nothing(tmp_path, sh
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("train={'epoch': 3}", "'epoch' was unexpected"),
+        ("train={'epoch': 3}", "train.epoch: unknown key. Did you mean 'epochs'?"),
         ("device=tpu", "'tpu' is not one of ['auto', 'cpu', 'cuda']"),
         ("attribute={'target': 'random'}", "random"),
         ("train={'architectures': ['resnet99']}", "Valid names: alexnet, densenet121"),

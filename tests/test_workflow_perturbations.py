@@ -104,7 +104,7 @@ def test_robustness_scores(auto_run):
 def test_explicit_torchio_list_runs_perturb_jobs(tmp_path, mirror_url):
     names = ["mri_motion", "ghosting", "spike", "bias_field"]
     targets = [f"results/perturbed/breastmnist/{n}.npz" for n in names]
-    extra = _config_file(tmp_path, {"perturbations": names, "severities": [2, 4]})
+    extra = _config_file(tmp_path, {"perturbations": names, "severities": [2, 5]})
     result = snakemake(
         tmp_path,
         "--config",

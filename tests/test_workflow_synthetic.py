@@ -22,6 +22,7 @@ SMALL = {
     "folds": {"k": 2, "run": [0]},
     "train": {"epochs": 8, "batch_size": 16},
     "perturb": {"perturbations": ["gaussian_noise"], "severities": [2, 4]},
+    "analysis": {"faithfulness": {"severities": [4]}},
     "attribute": {
         "methods": ["gradcam", "saliency", "sobel", "random"],
         "max_images": 80,

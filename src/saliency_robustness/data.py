@@ -45,7 +45,7 @@ def dataset_info(flag: str, data_config: dict | None = None) -> DatasetInfo:
     """Metadata of a dataset: a ``data.custom`` entry of ``data_config`` (the config's ``data``
     section) when ``flag`` names one, else the MedMNIST flag from ``medmnist.INFO``; unknown
     names list the valid ones."""
-    from medmnist import INFO
+    from saliency_robustness.medmnist_info import INFO
 
     custom = (data_config or {}).get("custom") or {}
     if flag in custom:
@@ -103,7 +103,7 @@ def custom_info(name: str, spec: dict) -> DatasetInfo:
 
 def source_url_and_md5(flag: str, size: int) -> tuple[str, str]:
     """Official URL and MD5 of a MedMNIST file (``medmnist.INFO``; sizes > 28 are MedMNIST+)."""
-    from medmnist import INFO
+    from saliency_robustness.medmnist_info import INFO
 
     dataset_info(flag)  # clear error for unknown flags
     if size not in SIZES:

@@ -12,10 +12,18 @@ parameter value into a per-image transform. Backends:
 - ``numpy/scipy/skimage`` re-implementations of MedMNIST-C corruptions (Di Salvo et al.
   2024, arXiv:2406.17536, which follow ImageNet-C, Hendrycks & Dietterich 2019). Their
   ``medmnistc`` package is not a dependency here (not pinned in this stack), so speckle,
-  impulse noise, defocus/Gaussian blur, pixelation, brightness, saturation and stain shift
-  are written from the papers' definitions with NumPy, SciPy and scikit-image; so are
-  Rician noise, k-space truncation (Gibbs ringing) and low resolution, which torchio 1.2.1
-  does not provide.
+  impulse noise, defocus/Gaussian blur, pixelation, HSV brightness and saturation and the
+  Tellez et al. stain shift are written from the papers' definitions with NumPy, SciPy and
+  scikit-image; so are Rician noise, k-space truncation (Gibbs ringing) and low
+  resolution, which torchio 1.2.1 does not provide.
+
+Colour: ``brightness``, ``saturation`` and ``stain_shift`` (which ``auto`` uses) act as a
+camera or a stained slide would: exposure adds the same light to R, G and B, desaturation
+keeps CIE lightness, a stain change scales the stains present and leaves glass white. The
+benchmark definitions invent colour on real RGB images (HSV value lifts a near-black pixel
+of noisy hue into a saturated one; HSV desaturation brightens), so they are kept only for
+comparison, as ``hsv_brightness``, ``hsv_saturation`` and ``tellez_stain_shift``.
+``saliency_robustness.colour_test_images`` makes the RGB images they are checked on.
 
 Every image gets its own random state from (seed, perturbation, severity, image index), so
 results do not depend on batch size or order. Spatial parameters are given for a 28 px
@@ -25,6 +33,7 @@ image and scaled with the image side, so a severity means the same degradation a
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -55,6 +64,9 @@ class Perturbation:
     make: Callable[[float], Transform]  # parameter -> per-image transform
     channels: tuple[int, ...] = GRAY_AND_RGB  # channel counts the perturbation accepts
     stochastic: bool = True  # False: no random part, the seed cannot change the result
+    # Parameter values the transform is defined for (inclusive), checked at config time for
+    # perturb.params.<name>.severity_table.
+    value_range: tuple[float, float] = (0.0, math.inf)
     description: str = ""
 
 
@@ -133,8 +145,9 @@ def _elastic(alpha: float) -> Transform:
 
     def apply(image: np.ndarray, seed: int) -> np.ndarray:
         # Displacement (alpha) and its smoothness (sigma) are lengths: scale with the side.
+        # order=3 (bicubic): imgaug 0.4.0's default, which imaug changed to 0 (nearest).
         augmenter = iaa.ElasticTransformation(
-            alpha=_scale(alpha, image), sigma=_scale(1.5, image), mode="reflect"
+            alpha=_scale(alpha, image), sigma=_scale(1.5, image), mode="reflect", order=3
         )
         augmenter.seed_(seed)
         return augmenter.augment_image(image)
@@ -374,7 +387,20 @@ def _pixelate(factor: float) -> Transform:
 
 
 def _brightness(shift: float) -> Transform:
-    # ImageNet-C brightness: add to the HSV value channel (grey images: to the intensity).
+    # Over-exposure as a camera makes it: the same amount added to every channel of the
+    # 8-bit (sRGB-encoded) values, clipped at 255, so neutral pixels stay neutral and
+    # saturated ones run towards white; nothing gains colour. A grey image (and every grey
+    # pixel of a colour image) gets exactly the grayscale shift, as under hsv_brightness.
+    def apply(image: np.ndarray, seed: int) -> np.ndarray:
+        return _to_uint8(image.astype(np.float64) + shift * 255)
+
+    return apply
+
+
+def _hsv_brightness(shift: float) -> Transform:
+    # ImageNet-C / MedMNIST-C brightness: add to the HSV value channel (grey images: to the
+    # intensity). Kept for comparison with those benchmarks: a near-black pixel such as
+    # (3, 1, 0) has full HSV saturation and a noisy hue, so raising V paints it in colour.
     def apply(image: np.ndarray, seed: int) -> np.ndarray:
         if image.ndim == 2 or image.shape[2] == 1:
             return _to_uint8(image.astype(np.float64) + shift * 255)
@@ -388,10 +414,24 @@ def _brightness(shift: float) -> Transform:
 
 
 def _saturation(factor: float) -> Transform:
-    # Colour saturation scaled in HSV (faded or over-saturated stains and dermatoscopy),
-    # in closed form: with hue and value V = max(R, G, B) fixed, every channel c satisfies
-    # c = V (1 - S g(hue)), so scaling S by f gives c' = V - f (V - c) (f capped where S f
-    # would exceed 1). Same result as skimage rgb2hsv/hsv2rgb, 30x faster at 224 px.
+    # Faded (or, above 1, stronger) colour at fixed lightness: CIE Lab chroma a*, b* scaled
+    # by ``factor``, L* and hue angle kept (scikit-image, D65). HSV desaturation keeps
+    # V = max(R, G, B) instead, which brightens a saturated image as it loses colour.
+    def apply(image: np.ndarray, seed: int) -> np.ndarray:
+        from skimage.color import lab2rgb, rgb2lab
+
+        lab = rgb2lab(image)
+        lab[..., 1:] *= factor
+        return _to_uint8(lab2rgb(lab) * 255)
+
+    return apply
+
+
+def _hsv_saturation(factor: float) -> Transform:
+    # ImageNet-C saturate: HSV saturation scaled, in closed form: with hue and value
+    # V = max(R, G, B) fixed, every channel c satisfies c = V (1 - S g(hue)), so scaling S by
+    # f gives c' = V - f (V - c) (f capped where S f would exceed 1). Same result as skimage
+    # rgb2hsv/hsv2rgb, 30x faster at 224 px.
     def apply(image: np.ndarray, seed: int) -> np.ndarray:
         x = image.astype(np.float64)
         value = x.max(axis=-1, keepdims=True)
@@ -404,10 +444,59 @@ def _saturation(factor: float) -> Transform:
     return apply
 
 
+# Stain model limits, in scikit-image's units (optical density / ln(1e6)) and grey levels.
+# Amounts below _STAIN_NOISE (absorption under about 5 %) are not stain: camera noise of SD
+# 2 grey levels on white glass unmixes into amounts below 0.0033 in 99.9 % of pixels. A
+# pixel whose brightest channel is below _OPAQUE_GREY transmits under 6 % of the light in
+# every channel: opaque (dust, folds, a black border), its colour says nothing about stain,
+# and it keeps it; the change fades in up to _CLEAR_GREY (19 %).
+_STAIN_NOISE = 0.004
+_OPAQUE_GREY = 16.0
+_CLEAR_GREY = 48.0
+
+
+def _optical_density(image: np.ndarray) -> np.ndarray:
+    """scikit-image's optical density log(I) / log(1e-6), I floored at 1e-6 as in rgb2hed."""
+    return np.log(np.maximum(image.astype(np.float64) / 255, 1e-6)) / np.log(1e-6)
+
+
+def _stain_amounts(image: np.ndarray) -> np.ndarray:
+    """Haematoxylin, eosin and residual (DAB vector) amounts per pixel: scikit-image's
+    colour deconvolution (Ruifrok & Johnston 2001) in its units, without rgb2hed's clipping
+    of negative amounts."""
+    from skimage.color import hed_from_rgb
+
+    return _optical_density(image) @ hed_from_rgb
+
+
 def _stain_shift(sigma: float) -> Transform:
-    # H&E stain variation (Tellez et al. 2018): in haematoxylin-eosin-DAB space, scale each
+    # Stain uptake varies between slides and labs. Beer-Lambert model with scikit-image's
+    # H&E-DAB vectors: the haematoxylin and eosin present in a pixel (amount above the noise
+    # floor) is multiplied or divided by (1 + sigma)^u, u ~ U(0.8, 1) per stain and image
+    # (little spread within a severity keeps the levels apart), random direction. The rest
+    # of the optical density (residual, noise) is kept and nothing is added, so bare glass
+    # stays white; opaque pixels keep their colour; factor 1 returns the image exactly.
+    def apply(image: np.ndarray, seed: int) -> np.ndarray:
+        from skimage.color import hed_from_rgb, rgb_from_hed
+
+        rng = np.random.default_rng(seed)
+        factors = (1 + sigma) ** (rng.uniform(0.8, 1.0, 2) * rng.choice([-1.0, 1.0], 2))
+        density = _optical_density(image)
+        stain = np.maximum(density @ hed_from_rgb[:, :2] - _STAIN_NOISE, 0)
+        brightest = image.max(axis=-1, keepdims=True).astype(np.float64)
+        clear = np.clip((brightest - _OPAQUE_GREY) / (_CLEAR_GREY - _OPAQUE_GREY), 0, 1)
+        density = density + clear * ((stain * (factors - 1)) @ rgb_from_hed[:2])
+        return _to_uint8(np.exp(density * np.log(1e-6)) * 255)
+
+    return apply
+
+
+def _tellez_stain_shift(sigma: float) -> Transform:
+    # H&E stain augmentation (Tellez et al. 2018): in haematoxylin-eosin-DAB space, scale each
     # stain by 1 + a and shift it by b, a ~ U(-sigma, sigma), b ~ U(-sigma/4, sigma/4) per
-    # image, at least half the maximum so every severity shifts visibly.
+    # image, at least half the maximum so every severity shifts visibly. The shift b tints
+    # bare glass (white) and rgb2hed's clipping recolours near-black pixels; kept for
+    # comparison with studies that use this augmentation.
     def apply(image: np.ndarray, seed: int) -> np.ndarray:
         from skimage.color import hed2rgb, rgb2hed
 
@@ -429,36 +518,45 @@ _ENTRIES = [
         "gaussian_noise", "digital", "imgaug",
         "noise standard deviation (fraction of 255)",
         (0.04, 0.08, 0.12, 0.18, 0.26), _gaussian_noise,
+        value_range=(0, 1),
         description="imgaug AdditiveGaussianNoise",
     ),
     Perturbation(
         "motion_blur", "optics", "imgaug",
         "kernel size in pixels at 28 px, scaled with the side (angle 45 degrees)",
         (3, 5, 7, 9, 11), _motion_blur, stochastic=False,
+        value_range=(1, math.inf),
         description="imgaug MotionBlur, fixed angle and direction (deterministic)",
     ),
     Perturbation(
         "contrast", "X-ray/CT", "imgaug",
         "contrast factor alpha around the mid-grey (1 = unchanged)",
         (0.75, 0.55, 0.4, 0.28, 0.18), _contrast, stochastic=False,
+        value_range=(0, math.inf),
         description="imgaug LinearContrast (under-exposure, narrow window)",
     ),
     Perturbation(
         "gamma", "X-ray/CT", "imgaug",
         "gamma exponent (1 = unchanged)",
         (1.4, 1.8, 2.3, 2.9, 3.6), _gamma, stochastic=False,
+        value_range=(0.05, 20),
         description="imgaug GammaContrast (detector response / display curve)",
     ),
     Perturbation(
         "jpeg", "digital", "imgaug",
         "JPEG compression strength (0..100; quality = 100 - strength)",
         (80, 88, 93, 96, 98.5), _jpeg, stochastic=False,
+        value_range=(0, 100),
         description="imgaug JpegCompression",
     ),
     Perturbation(
         "elastic", "ultrasound", "imgaug",
         "displacement alpha in pixels at 28 px (sigma 1.5 px), scaled with the side",
-        (1.0, 2.0, 3.0, 4.5, 6.0), _elastic,
+        # imaug smooths the displacement field differently from imgaug 0.4.0 (a box-blur
+        # approximation of the Gaussian), so equal alphas deform more; this table gives the
+        # SSIM per level of the former (1, 2, 3, 4.5, 6) (bench/perturbation_hashes.py).
+        (0.65, 1.25, 1.9, 2.85, 3.8), _elastic,
+        value_range=(0, math.inf),
         description="imgaug ElasticTransformation (probe pressure / tissue deformation)",
     ),
     # torchio (MRI acquisition)
@@ -466,42 +564,49 @@ _ENTRIES = [
         "mri_motion", "MRI acquisition", "torchio",
         "maximum in-plane rotation in degrees (translation = degrees/4 px at 28 px)",
         (3, 7, 12, 18, 26), _mri_motion,
+        value_range=(0, 180),
         description="torchio Motion (k-space motion, Shaw et al. 2019), two movements",
     ),
     Perturbation(
         "ghosting", "MRI acquisition", "torchio",
         "ghost intensity (0..1), 2-4 ghosts along a random phase-encoding axis",
         (0.2, 0.4, 0.6, 0.8, 1.0), _ghosting,
+        value_range=(0, 1),
         description="torchio Ghosting",
     ),
     Perturbation(
         "spike", "MRI acquisition", "torchio",
         "spike intensity (fraction of the largest k-space magnitude)",
         (0.05, 0.1, 0.2, 0.35, 0.6), _spike,
+        value_range=(0, math.inf),
         description="torchio Spike (herringbone)",
     ),
     Perturbation(
         "bias_field", "MRI acquisition", "torchio",
         "maximum |coefficient| of the order-3 log-polynomial field",
         (0.1, 0.2, 0.35, 0.55, 0.8), _bias_field,
+        value_range=(0, math.inf),
         description="torchio BiasField (coil inhomogeneity)",
     ),
     Perturbation(
         "rician_noise", "MRI acquisition", "numpy",
         "noise standard deviation per real/imaginary channel (fraction of 255)",
         (0.03, 0.06, 0.1, 0.15, 0.22), _rician_noise,
+        value_range=(0, 1),
         description="|image + complex Gaussian noise| (magnitude-image noise)",
     ),
     Perturbation(
         "gibbs_ringing", "MRI acquisition", "numpy",
         "fraction of k-space kept along each axis (truncation)",
         (0.8, 0.65, 0.5, 0.4, 0.3), _gibbs_ringing, stochastic=False,
+        value_range=(0.01, 1),
         description="k-space truncation with a hard cut (Gibbs ringing)",
     ),
     Perturbation(
         "low_resolution", "MRI acquisition", "skimage",
         "resolution factor (side of the acquired grid / side)",
         (0.8, 0.65, 0.5, 0.4, 0.3), _low_resolution, stochastic=False,
+        value_range=(0.01, 1),
         description="anti-aliased downsampling, linear upsampling back",
     ),
     # MedMNIST-C-style corruptions (own implementation, see the module docstring)
@@ -509,48 +614,78 @@ _ENTRIES = [
         "speckle_noise", "ultrasound", "numpy",
         "standard deviation of the multiplicative noise",
         (0.1, 0.2, 0.32, 0.45, 0.6), _speckle_noise,
+        value_range=(0, math.inf),
         description="x + x * N(0, sigma) (MedMNIST-C / ImageNet-C speckle)",
     ),
     Perturbation(
         "impulse_noise", "digital", "skimage",
         "share of pixels set to 0 or 255",
         (0.01, 0.03, 0.06, 0.1, 0.15), _impulse_noise,
+        value_range=(0, 1),
         description="skimage random_noise salt & pepper",
     ),
     Perturbation(
         "defocus_blur", "optics", "scipy",
         "disk radius in pixels at 28 px, scaled with the side",
         (0.6, 0.9, 1.2, 1.6, 2.1), _defocus_blur, stochastic=False,
+        value_range=(0, math.inf),
         description="convolution with an anti-aliased disk (out-of-focus optics)",
     ),
     Perturbation(
         "gaussian_blur", "optics", "skimage",
         "Gaussian sigma in pixels at 28 px, scaled with the side",
         (0.4, 0.6, 0.85, 1.15, 1.5), _gaussian_blur, stochastic=False,
+        value_range=(0, math.inf),
         description="skimage gaussian",
     ),
     Perturbation(
         "pixelate", "digital", "skimage",
         "resolution factor before nearest-neighbour upsampling",
         (0.8, 0.65, 0.5, 0.4, 0.3), _pixelate, stochastic=False,
+        value_range=(0.01, 1),
         description="box downsampling, nearest upsampling (ImageNet-C pixelate)",
     ),
     Perturbation(
         "brightness", "optics", "numpy",
-        "value added (fraction of 255; HSV value for RGB)",
+        "value added to every channel (fraction of 255), clipped",
         (0.08, 0.16, 0.25, 0.35, 0.45), _brightness, stochastic=False,
-        description="over-exposure (ImageNet-C brightness)",
+        value_range=(-1, 1),
+        description="over-exposure: the same shift on R, G and B (grey: the intensity)",
     ),
     Perturbation(
-        "saturation", "optics", "numpy",
-        "HSV saturation factor (1 = unchanged)",
+        "saturation", "optics", "skimage",
+        "CIE Lab chroma factor at fixed lightness L* (1 = unchanged)",
         (0.7, 0.5, 0.35, 0.2, 0.08), _saturation, channels=RGB_ONLY, stochastic=False,
-        description="faded colour (stain fading, white balance); RGB only",
+        value_range=(0, math.inf),
+        description="faded colour (stain fading, white balance) at fixed lightness; RGB only",
     ),
     Perturbation(
         "stain_shift", "optics", "skimage",
+        "haematoxylin and eosin amounts multiplied or divided by up to 1 + value",
+        (0.7, 1.6, 2.8, 4.5, 7.0), _stain_shift, channels=RGB_ONLY,
+        value_range=(0, math.inf),
+        description="H&E stain amounts scaled in optical density, glass stays white; RGB only",
+    ),
+    # ImageNet-C / MedMNIST-C and Tellez et al. definitions, for comparison with them
+    Perturbation(
+        "hsv_brightness", "optics", "skimage",
+        "value added (fraction of 255; HSV value for RGB)",
+        (0.08, 0.16, 0.25, 0.35, 0.45), _hsv_brightness, stochastic=False,
+        value_range=(-1, 1),
+        description="ImageNet-C / MedMNIST-C brightness (HSV value shift)",
+    ),
+    Perturbation(
+        "hsv_saturation", "optics", "numpy",
+        "HSV saturation factor (1 = unchanged)",
+        (0.7, 0.5, 0.35, 0.2, 0.08), _hsv_saturation, channels=RGB_ONLY, stochastic=False,
+        value_range=(0, math.inf),
+        description="ImageNet-C saturate (HSV saturation factor, V kept); RGB only",
+    ),
+    Perturbation(
+        "tellez_stain_shift", "optics", "skimage",
         "maximum relative change of each H&E-DAB stain",
-        (0.1, 0.2, 0.35, 0.5, 0.7), _stain_shift, channels=RGB_ONLY,
+        (0.1, 0.2, 0.35, 0.5, 0.7), _tellez_stain_shift, channels=RGB_ONLY,
+        value_range=(0, 1),
         description="H&E stain augmentation (Tellez et al. 2018); RGB only",
     ),
 ]  # fmt: skip
@@ -778,6 +913,19 @@ def perturb_config_errors(
                     f"{n_channels} channel(s); remove it from the list (or use auto, which "
                     "leaves it out for grayscale datasets)."
                 )
+    for name, params in (perturb_config.get("params") or {}).items():
+        spec = PERTURBATIONS.get(name)
+        table = (params or {}).get("severity_table")
+        if spec is None or not table:
+            continue  # unknown names are reported by the caller; lengths by the schema
+        low, high = spec.value_range
+        outside = [value for value in table if not low <= value <= high]
+        if outside:
+            errors.append(
+                f"perturb.params.{name}.severity_table: {outside} outside {low:g}..{high:g}, "
+                f"the values {name} is defined for ({spec.parameter}). Use values in that "
+                f"range; the default table is {list(spec.severity_table)}."
+            )
     baseline = perturb_config.get("baseline_arch")
     if baseline is not None and baseline not in architectures:
         errors.append(

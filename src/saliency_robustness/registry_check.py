@@ -31,9 +31,8 @@ def missing_packages_message(error: ModuleNotFoundError) -> str:
 
 def config_errors(config: dict) -> list[str]:
     """Every problem with registry names and cross-key constraints, one message each."""
-    from medmnist import INFO
-
     from saliency_robustness.attribution import METHODS, method_params
+    from saliency_robustness.medmnist_info import INFO
     from saliency_robustness.perturbations import PERTURBATIONS, perturb_config_errors
 
     errors = []

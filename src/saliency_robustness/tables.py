@@ -63,9 +63,7 @@ def _read_one(path: str | os.PathLike, columns: list[str] | None) -> pd.DataFram
         ) from error
 
 
-def read_parquet(
-    paths: str | os.PathLike | list, columns: list[str] | None = None
-) -> pd.DataFrame:
+def read_parquet(paths: str | os.PathLike | list, columns: list[str] | None = None) -> pd.DataFrame:
     """Read one Parquet file or concatenate several (same schema); an unreadable file is
     named with the way to rebuild it."""
     if isinstance(paths, (str, os.PathLike)):

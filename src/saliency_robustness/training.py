@@ -2,15 +2,28 @@
 
 Single-label tasks train with softmax cross-entropy; multi-label tasks (``multi_label``) with
 one sigmoid per label and ``BCEWithLogitsLoss``, keeping the epoch of the best macro AUC.
+
+Training is resumable: with a ``checkpoint`` path, :func:`train_classifier` writes the whole
+training state (model, optimiser, scheduler, grad scaler, every RNG, history and the best
+epoch so far) there every ``checkpoint_every`` epochs, and a later call with the same
+settings and data continues from it, giving the same weights as an uninterrupted run (on
+CPU, bit for bit). The file is removed when training completes.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
+import json
 import logging
 import math
+import os
+import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -66,10 +79,154 @@ class TrainResult:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed torch and NumPy; deterministic kernels where torch has them."""
+    """Seed Python, torch and NumPy; deterministic kernels where torch has them."""
+    random.seed(seed)
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+CHECKPOINT_VERSION = 1
+
+
+def checkpoint_path(model_path: str | os.PathLike) -> Path:
+    """Where the training job for ``model_path`` keeps its checkpoint: beside it, as
+    ``<stem>.checkpoint.pt`` (e.g. ``fold0/model.checkpoint.pt``). Deliberately not a declared
+    Snakemake output: Snakemake deletes the outputs of a failed or incomplete job before its
+    rerun, and the checkpoint must survive exactly that."""
+    path = Path(model_path)
+    return path.with_name(f"{path.stem}.checkpoint.pt")
+
+
+def training_fingerprint(
+    arch: str,
+    settings: TrainSettings,
+    n_classes: int,
+    multi_label: bool,
+    device: torch.device,
+    arrays: tuple[np.ndarray, ...],
+) -> str:
+    """SHA-256 of everything that determines the training run: architecture, settings, task,
+    device type and the training/validation arrays. A checkpoint is only resumed by a run
+    with the same fingerprint."""
+    digest = hashlib.sha256()
+    described = {
+        "version": CHECKPOINT_VERSION,
+        "arch": arch,
+        "settings": dataclasses.asdict(settings),
+        "n_classes": n_classes,
+        "multi_label": multi_label,
+        "device": device.type,  # CUDA and CPU runs give different weights
+    }
+    digest.update(json.dumps(described, sort_keys=True).encode())
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.data)
+    return digest.hexdigest()
+
+
+def _content_digest(value: Any, digest: hashlib._Hash | None = None) -> str:
+    """SHA-256 over a checkpoint's content (tensors by dtype, shape and bytes; other values by
+    type and repr). torch.load does not check the zip records' CRC, so a flipped bit in a
+    tensor would otherwise load silently."""
+    digest = digest or hashlib.sha256()
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
+    elif isinstance(value, dict):
+        digest.update(f"D{len(value)}".encode())
+        for key, item in value.items():
+            digest.update(repr(key).encode())
+            _content_digest(item, digest)
+    elif isinstance(value, list | tuple):
+        digest.update(f"L{len(value)}".encode())
+        for item in value:
+            _content_digest(item, digest)
+    else:
+        digest.update(f"{type(value).__name__}:{value!r};".encode())
+    return digest.hexdigest()
+
+
+def _rng_states(generator: torch.Generator, device: torch.device) -> dict[str, Any]:
+    """Every random state of a training run, as tensors and plain types (weights_only)."""
+    numpy_state = np.random.get_state(legacy=False)
+    return {
+        "python": random.getstate(),
+        "numpy": {
+            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+            "pos": int(numpy_state["state"]["pos"]),
+            "has_gauss": int(numpy_state["has_gauss"]),
+            "gauss": float(numpy_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+        "generator": generator.get_state(),  # the batch order
+    }
+
+
+def _set_rng_states(states: dict[str, Any], generator: torch.Generator) -> None:
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    saved = states["numpy"]
+    key = saved["key"].numpy().astype(np.uint32)
+    np.random.set_state(
+        {
+            "bit_generator": "MT19937",
+            "state": {"key": key, "pos": saved["pos"]},
+            "has_gauss": saved["has_gauss"],
+            "gauss": saved["gauss"],
+        }
+    )
+    torch.set_rng_state(states["torch"])
+    if states["cuda"]:
+        torch.cuda.set_rng_state_all(states["cuda"])
+    generator.set_state(states["generator"])
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write atomically (temporary file, then rename): a kill during the write leaves the
+    previous checkpoint intact."""
+    from saliency_robustness.tables import atomic_path
+
+    state = {**state, "digest": _content_digest(state)}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_checkpoint(path: Path, fingerprint: str, epochs: int) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` if it is intact and belongs to this run, else None with a
+    log line saying why (training then starts from epoch 0)."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated, garbage, not a torch file: start over, never crash
+        log.warning(
+            "checkpoint %s is unreadable (%s: %s); training starts from epoch 0",
+            path,
+            type(error).__name__,
+            str(error).splitlines()[0] if str(error) else "",
+        )
+        return None
+    required = {"version", "fingerprint", "epoch", "digest", "model", "optimiser", "scheduler"}
+    if not isinstance(state, dict) or not required <= set(state):
+        problem = "is not a training checkpoint"
+    elif state["version"] != CHECKPOINT_VERSION:
+        problem = f"has format version {state['version']!r}, not {CHECKPOINT_VERSION}"
+    elif state.pop("digest") != _content_digest(state):
+        problem = "is corrupt (its content does not match its digest)"
+    elif state["fingerprint"] != fingerprint:
+        problem = "was written for other settings or data (epochs, lr, seed, arch, ...)"
+    elif not isinstance(state["epoch"], int) or not 1 <= state["epoch"] <= epochs:
+        problem = f"has epoch {state['epoch']!r}, outside 1..{epochs}"
+    else:
+        return state
+    log.warning("checkpoint %s %s; training starts from epoch 0", path, problem)
+    return None
 
 
 def _validation_loss(probs: np.ndarray, labels: np.ndarray, multi_label: bool) -> float:
@@ -89,8 +246,10 @@ def train_classifier(
     val: tuple[np.ndarray, np.ndarray],
     n_classes: int,
     settings: TrainSettings,
-    device: torch.device,
+    device: torch.device | str,
     multi_label: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 1,
 ) -> TrainResult:
     """Train ``arch`` on uint8 images; keep the epoch with the best validation AUC.
 
@@ -98,25 +257,39 @@ def train_classifier(
     With ``multi_label`` the labels are (N, ``n_classes``) 0/1 arrays, the loss is
     ``BCEWithLogitsLoss`` on the logits, and AUC/ACC are the multi-label macro AUC and
     label-wise accuracy of ``classification_metrics``.
+
+    With ``checkpoint`` (a file path) the training state is saved there after every
+    ``checkpoint_every``-th epoch (0: never) and resumed from it when it exists, is intact
+    and was written for the same arch, settings, task, device type and data (see
+    :func:`training_fingerprint`); otherwise training starts from epoch 0 with a log line
+    saying why. The file is deleted once training completes.
     """
     train_images, train_labels = train
     val_images, val_labels = val
     if len(train_images) == 0 or len(val_images) == 0:
         raise ValueError("Training and validation sets must not be empty; check the folds.")
-    seed_everything(settings.seed)
+    if checkpoint_every < 0:
+        raise ValueError(f"checkpoint_every must be >= 0 (0: off), got {checkpoint_every}")
+    device = torch.device(device)
     in_channels = 1 if train_images.ndim == 3 else train_images.shape[-1]
-    model = build_model(
-        arch,
-        in_channels,
-        n_classes,
-        train_images.shape[1],
-        weights=settings.weights,
-        weights_file=settings.weights_file,
-    ).to(device)
-    optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimiser, milestones=list(settings.milestones), gamma=settings.gamma
-    )
+
+    def fresh() -> tuple[nn.Module, torch.optim.Optimizer, Any, torch.Generator]:
+        seed_everything(settings.seed)
+        model = build_model(
+            arch,
+            in_channels,
+            n_classes,
+            train_images.shape[1],
+            weights=settings.weights,
+            weights_file=settings.weights_file,
+        ).to(device)
+        optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            optimiser, milestones=list(settings.milestones), gamma=settings.gamma
+        )
+        return model, optimiser, scheduler, torch.Generator().manual_seed(settings.seed)
+
+    model, optimiser, scheduler, generator = fresh()
     x_train = images_to_tensor(train_images)
     if multi_label:
         # BCE on logits (not sigmoid then BCE): numerically stable for confident outputs.
@@ -127,15 +300,58 @@ def train_classifier(
         loss_fn = nn.CrossEntropyLoss()
         y_train = torch.as_tensor(np.asarray(train_labels).reshape(-1), dtype=torch.long)
         y_val = np.asarray(val_labels).reshape(-1)
-    generator = torch.Generator().manual_seed(settings.seed)
     use_amp = settings.mixed_precision and device.type == "cuda"
     if settings.mixed_precision and not use_amp:
         log.warning("mixed_precision applies to CUDA only; training in float32 on %s", device)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     n_batches = math.ceil(len(x_train) / settings.batch_size)
 
-    history, best_key, best_state, best_epoch, best_val = [], None, None, 0, {}
-    for epoch in range(1, settings.epochs + 1):
+    history: list[dict[str, float]] = []
+    best_key, best_state, best_epoch, best_val = None, None, 0, {}
+    done = 0  # epochs completed (restored from the checkpoint)
+    path = Path(checkpoint) if checkpoint is not None and checkpoint_every > 0 else None
+    if path is not None:
+        fingerprint = training_fingerprint(
+            arch,
+            settings,
+            n_classes,
+            multi_label,
+            device,
+            (train_images, np.asarray(train_labels), val_images, np.asarray(val_labels)),
+        )
+        saved = _load_checkpoint(path, fingerprint, settings.epochs)
+        if saved is not None:
+            try:
+                model.load_state_dict(saved["model"])
+                optimiser.load_state_dict(saved["optimiser"])
+                scheduler.load_state_dict(saved["scheduler"])
+                scaler.load_state_dict(saved["scaler"])
+                _set_rng_states(saved["rng"], generator)
+                best = saved["best"]
+                best_epoch, best_val = best["epoch"], dict(best["val"])
+                best_key = tuple(best["key"])
+                # None: the best epoch is the checkpoint's epoch, whose weights are "model"
+                state = saved["model"] if best["state"] is None else best["state"]
+                best_state = {key: value.to(device) for key, value in state.items()}
+                history = [dict(row) for row in saved["history"]]
+                done = saved["epoch"]
+                log.info(
+                    "resuming from checkpoint %s: epoch %d of %d done", path, done, settings.epochs
+                )
+            except (KeyError, TypeError, ValueError, RuntimeError) as error:
+                # A loaded state can be half applied: rebuild everything from the seed.
+                log.warning(
+                    "checkpoint %s does not fit this model (%s: %s); training starts from epoch 0",
+                    path,
+                    type(error).__name__,
+                    str(error).splitlines()[0] if str(error) else "",
+                )
+                model, optimiser, scheduler, generator = fresh()
+                scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+                history, best_key, best_state, best_epoch, best_val = [], None, None, 0, {}
+                done = 0
+
+    for epoch in range(done + 1, settings.epochs + 1):
         started = time.perf_counter()
         model.train()
         order = torch.randperm(len(x_train), generator=generator)
@@ -157,17 +373,18 @@ def train_classifier(
         probs = predict_proba(model, val_images, settings.batch_size, device, multi_label)
         val_loss = _validation_loss(probs, y_val, multi_label)
         val = classification_metrics(y_val, probs, multi_label)
+        val = {name: float(value) for name, value in val.items()}  # plain floats: weights_only
         row = {
             "epoch": epoch,
             "train_loss": running / len(x_train),
             "val_loss": val_loss,
             "val_acc": val["acc"],
             "val_auc": val["auc"],
-            "lr": lr,
+            "lr": float(lr),
             "seconds": time.perf_counter() - started,
         }
         history.append(row)
-        key = (np.nan_to_num(val["auc"], nan=-1.0), val["acc"])
+        key = (float(np.nan_to_num(val["auc"], nan=-1.0)), val["acc"])
         if best_key is None or key > best_key:
             best_key, best_epoch, best_val = key, epoch, val
             best_state = copy.deepcopy(model.state_dict())
@@ -182,6 +399,30 @@ def train_classifier(
             lr,
             row["seconds"],
         )
+        if path is not None and epoch < settings.epochs and epoch % checkpoint_every == 0:
+            _save_checkpoint(
+                path,
+                {
+                    "version": CHECKPOINT_VERSION,
+                    "fingerprint": fingerprint,
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimiser": optimiser.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "rng": _rng_states(generator, device),
+                    "history": history,
+                    "best": {
+                        "epoch": best_epoch,
+                        "key": list(best_key),
+                        "val": best_val,
+                        # the same as "model" when this epoch is the best: not stored twice
+                        "state": None if best_epoch == epoch else best_state,
+                    },
+                },
+            )
+    if checkpoint is not None:
+        Path(checkpoint).unlink(missing_ok=True)  # a finished run leaves only its outputs
     model.load_state_dict(best_state)
     model.eval()
     log.info(

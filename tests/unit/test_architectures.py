@@ -335,6 +335,5 @@ def test_config_check_of_architectures_ensembles_and_weights(tmp_path, monkeypat
     _write_imagenet_file("resnet18", tmp_path)
     given = {**weights, "weights_files": {"vit_tiny": str(tmp_path / "vit.pth")}}
     assert architecture_errors(given) == [
-        "train.weights_files.vit_tiny: "
-        + missing_weights_message("vit_tiny", tmp_path / "vit.pth")
+        "train.weights_files.vit_tiny: " + missing_weights_message("vit_tiny", tmp_path / "vit.pth")
     ]

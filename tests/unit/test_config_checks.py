@@ -162,3 +162,17 @@ def test_truncated_parquet_names_the_file_and_how_to_rebuild_it(tmp_path):
         assert str(caught.value).startswith(f"{named} is not a readable Parquet file (")
         assert str(caught.value).endswith(f"snakemake --forcerun {named}")
     assert len(good) == 100
+
+
+def test_severity_table_outside_the_perturbations_range():
+    config = default_config(
+        perturb={"params": {"gaussian_noise": {"severity_table": [-0.1, 0.1, 0.2, 0.3, 1.5]}}}
+    )
+    errors = [e for e in config_errors(config) if e.startswith("perturb.params")]
+    assert errors == [
+        "perturb.params.gaussian_noise.severity_table: [-0.1, 1.5] outside 0..1, the values "
+        "gaussian_noise is defined for (noise standard deviation (fraction of 255)). Use "
+        "values in that range; the default table is [0.04, 0.08, 0.12, 0.18, 0.26]."
+    ]
+    config["perturb"]["params"]["gaussian_noise"]["severity_table"] = [0.1, 0.2, 0.3, 0.4, 0.5]
+    assert not [e for e in config_errors(config) if e.startswith("perturb.params")]

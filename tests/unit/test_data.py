@@ -489,3 +489,14 @@ def test_load_perturbed_round_trip(tmp_path, breast):
         assert all(type(s) is int for s in got_severities)
         assert got_stack.dtype == np.uint8
         np.testing.assert_array_equal(got_stack, stack)
+
+
+def test_medmnist_info_snapshot_equals_the_installed_package():
+    """The plain-data copy of medmnist.INFO (read by the main process and light jobs) is the
+    installed package's table; regenerate it after a medmnist upgrade (its docstring)."""
+    import medmnist
+
+    from saliency_robustness import medmnist_info
+
+    assert medmnist.__version__ == medmnist_info.MEDMNIST_VERSION
+    assert medmnist_info.INFO == medmnist.INFO

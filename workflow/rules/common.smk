@@ -340,4 +340,33 @@ def all_outputs():
                 f"results/plots/{dataset}/localisation.png",
             ]
         outputs += analysis_outputs(dataset)
+    outputs += colour_preview_outputs()  # only for studies with RGB data
     return outputs
+
+
+def _n_channels(dataset):
+    """Channel count of a dataset, None where unknown."""
+    try:  # as perturbations_for: unknown datasets count as not RGB
+        from saliency_robustness.data import dataset_info
+
+        return dataset_info(dataset, config["data"]).n_channels
+    except Exception:
+        return None
+
+
+def colour_preview_perturbations():
+    """The study's perturbations that take RGB images: those its RGB datasets get, or in a
+    study without one (the figure is then built only on request) every dataset's."""
+    from saliency_robustness.perturbations import PERTURBATIONS
+
+    rgb = [d for d in DATASETS if _n_channels(d) == 3]
+    names = dict.fromkeys(n for d in (rgb or DATASETS) for n in perturbations_for(d))
+    return [n for n in names if n in PERTURBATIONS and 3 in PERTURBATIONS[n].channels]
+
+
+COLOUR_PREVIEW = "results/plots/colour_test_images/perturbation_grid.png"
+
+
+def colour_preview_outputs():
+    """rule all builds the colour preview grid when the study has an RGB dataset."""
+    return [COLOUR_PREVIEW] if any(_n_channels(d) == 3 for d in DATASETS) else []

@@ -131,3 +131,34 @@ rule plot_robustness:
         dpi=config["plots"]["dpi"],
     script:
         "../scripts/plot_robustness.py"
+
+
+# One light job, no dataset input: four generated colour test images (fundus, dermatoscopy,
+# H&E, blood smear) at the study's size under each RGB perturbation and severity.
+rule plot_colour_perturbations:
+    output:
+        report(
+            COLOUR_PREVIEW,
+            caption="../report/colour_perturbation_grid.rst",
+            category="Perturbations",
+            subcategory="colour test images",
+            labels={"figure": "RGB perturbations x severity, colour test images"},
+        ),
+    log:
+        "logs/plot_colour_perturbations.log",
+    benchmark:
+        "benchmarks/plot_colour_perturbations.tsv"
+    conda:
+        "../../envs/perturb.yaml"
+    params:
+        perturbations=lambda wildcards: colour_preview_perturbations(),
+        severities=config["perturb"]["severities"],
+        size=SIZE,
+        seed=config["seed"],
+        severity_tables=lambda wildcards: {
+            name: config["perturb"]["params"].get(name, {}).get("severity_table")
+            for name in colour_preview_perturbations()
+        },
+        dpi=config["plots"]["dpi"],
+    script:
+        "../scripts/plot_colour_perturbations.py"

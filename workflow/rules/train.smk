@@ -16,7 +16,8 @@ rule train:
     resources:
         gpu=config["resources"]["train"]["gpus"],
     params:
-        train=config["train"],
+        # checkpoint_every changes no result: left out so that editing it reruns nothing
+        train={k: v for k, v in config["train"].items() if k != "checkpoint_every"},
         seed=config["seed"],
         device=config["device"],
     script:

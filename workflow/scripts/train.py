@@ -15,7 +15,7 @@ from saliency_robustness.evaluation import (
 from saliency_robustness.logs import log_to_file
 from saliency_robustness.models import resolve_device, save_weights
 from saliency_robustness.tables import atomic_path, write_parquet
-from saliency_robustness.training import TrainSettings, train_classifier
+from saliency_robustness.training import TrainSettings, checkpoint_path, train_classifier
 
 log_to_file(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
@@ -35,6 +35,11 @@ result = train_classifier(
     settings,
     device,
     multi_label=multi_label,
+    # Beside model.pt but not a declared output, so it survives the removal of a failed or
+    # incomplete job's outputs and a rerun resumes from it. Read from the config rather
+    # than params: changing how often to checkpoint must not retrain finished models.
+    checkpoint=checkpoint_path(snakemake.output.model),
+    checkpoint_every=snakemake.config["train"]["checkpoint_every"],
 )
 test_images, test_labels = splits["test"]
 test_probs = predict_proba(result.model, test_images, device=device, multi_label=multi_label)

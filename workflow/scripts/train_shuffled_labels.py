@@ -9,7 +9,7 @@ from saliency_robustness.evaluation import is_multi_label
 from saliency_robustness.logs import log_to_file
 from saliency_robustness.models import resolve_device, save_weights
 from saliency_robustness.sanity import shuffled_labels
-from saliency_robustness.training import TrainSettings, train_classifier
+from saliency_robustness.training import TrainSettings, checkpoint_path, train_classifier
 
 log_to_file(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
@@ -30,5 +30,7 @@ result = train_classifier(
     settings,
     resolve_device(snakemake.params.device),
     multi_label=is_multi_label(info.task),
+    checkpoint=checkpoint_path(snakemake.output[0]),  # resumable, as in train.py
+    checkpoint_every=snakemake.config["train"]["checkpoint_every"],
 )
 save_weights(result.model, snakemake.output[0])
