@@ -54,7 +54,9 @@ def test_forcerun_perturb_keeps_models(tiny_run):
     jobs = planned_jobs(tiny_run, "--forcerun", "perturb")
     assert not {"download_medmnist", "folds", "train"} & set(jobs)
     assert jobs["perturb"] == N_PERTURBATIONS
-    assert jobs["evaluate"] == K and jobs["attribute"] == K * N_METHODS
+    assert jobs["evaluate"] == K and jobs["attribute"] == N_PERTURBATIONS * N_METHODS
+    # the clean maps and the randomisation checks never read perturbed images
+    assert not {"attribute_clean", "sanity"} & set(jobs)
 
 
 def test_editing_plot_settings_reruns_only_plots(tiny_run, tmp_path):
@@ -66,8 +68,9 @@ def test_editing_plot_settings_reruns_only_plots(tiny_run, tmp_path):
 def test_editing_one_method_reruns_only_that_method(tiny_run, tmp_path):
     params = {"integrated_gradients": {"n_steps": 9, "internal_batch_size": 64}}
     jobs = planned_jobs(tiny_run, edit={"attribute": {"params": params}}, tmp_path=tmp_path)
-    assert jobs["attribute"] == K  # integrated_gradients only, one job per fold
-    assert jobs["saliency_change"] == K
+    # integrated_gradients only: its clean maps and one job per perturbation (every fold)
+    assert jobs["attribute_clean"] == 1 and jobs["attribute"] == N_PERTURBATIONS
+    assert jobs["saliency_change"] == 1
     assert not {"download_medmnist", "folds", "train", "evaluate", "perturb"} & set(jobs)
 
 
@@ -75,5 +78,24 @@ def test_editing_one_perturbation_reruns_only_that_perturbation(tiny_run, tmp_pa
     edit = {"perturb": {"params": {"contrast": {"severity_table": [0.7, 0.5, 0.35, 0.25, 0.15]}}}}
     jobs = planned_jobs(tiny_run, edit=edit, tmp_path=tmp_path)
     assert jobs["perturb"] == 1  # contrast only; the other perturbations are kept
-    assert jobs["evaluate"] == K and jobs["attribute"] == K * N_METHODS  # they read every set
-    assert not {"download_medmnist", "folds", "train"} & set(jobs)
+    assert jobs["evaluate"] == K  # it reads every set
+    assert jobs["attribute"] == N_METHODS  # contrast's maps only
+    assert not {"download_medmnist", "folds", "train", "attribute_clean", "sanity"} & set(jobs)
+
+
+def test_adding_a_perturbation_attributes_only_that_perturbation(tiny_run, tmp_path):
+    perturbations = [*TINY["perturb"]["perturbations"], "gamma"]
+    edit = {"perturb": {"perturbations": perturbations}}
+    jobs = planned_jobs(tiny_run, edit=edit, tmp_path=tmp_path)
+    assert jobs["perturb"] == 1
+    assert jobs["attribute"] == N_METHODS  # one job per method: gamma's maps, every fold
+    assert jobs["saliency_change"] == N_METHODS
+    assert not {"download_medmnist", "folds", "train", "attribute_clean", "sanity"} & set(jobs)
+
+
+def test_adding_a_method_attributes_only_that_method(tiny_run, tmp_path):
+    methods = [*TINY["attribute"]["methods"], "input_x_gradient"]
+    jobs = planned_jobs(tiny_run, edit={"attribute": {"methods": methods}}, tmp_path=tmp_path)
+    # the other methods' attribute jobs keep their params: each holds its own method's only
+    assert jobs["attribute_clean"] == 1 and jobs["attribute"] == N_PERTURBATIONS
+    assert not {"train", "evaluate", "perturb"} & set(jobs)

@@ -104,20 +104,21 @@ def test_evaluation_has_sigmoid_predictions_and_per_label_rows(run):
 
 def test_saliency_rows_per_top_k_target(run):
     files = sorted((run / "results" / "saliency").rglob("*.parquet"))
-    assert len(files) == len(FOLDS) * len(METHODS)
+    assert len(files) == len(METHODS) * (1 + len(PERTURBATIONS))  # clean + each perturbation
     for path in files:
         assert pq.read_schema(path).remove_metadata() == saliency_schema(
-            28, 28, len(KINDS), completeness=True
+            28, 28, len(KINDS), completeness=True, precision="float16"
         )
     table = ds.dataset(run / "results" / "saliency", format="parquet").to_table().to_pandas()
-    per_model = len(PERTURBATIONS) * (1 + len(SEVERITIES)) * N_ATTRIBUTED * TOP_K
-    assert len(table) == per_model * len(files)
+    per_model = (1 + len(PERTURBATIONS) * len(SEVERITIES)) * N_ATTRIBUTED * TOP_K
+    assert len(table) == per_model * len(FOLDS) * len(METHODS)
     per_image = table.groupby(["fold", "method", "perturbation", "severity", "image_index"])
     assert (per_image["target"].nunique() == TOP_K).all()
     # the same targets at every severity, and the top-ranked target has the highest clean score
     targets = table.groupby(["fold", "method", "image_index"])["target"].agg(frozenset)
     assert (targets.map(len) == TOP_K).all()
-    clean = table[(table["severity"] == 0) & (table["perturbation"] == "contrast")]
+    clean = table[table["severity"] == 0]
+    assert set(clean["perturbation"]) == {"none"}  # each clean map stored once
     for _, group in clean.groupby(["fold", "method", "image_index"]):
         scores = np.stack(group["probabilities"])[0]
         assert group["target"].tolist() == np.argsort(-scores, kind="stable")[:TOP_K].tolist()
@@ -156,5 +157,7 @@ def test_editing_top_k_reruns_attribution_only_downstream(run):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, flags=re.MULTILINE))
-    assert jobs.get("attribute") == str(len(FOLDS) * len(METHODS)), result.stdout
+    # each method's clean maps and its maps of every perturbation (all folds per job)
+    assert jobs.get("attribute_clean") == str(len(METHODS)), result.stdout
+    assert jobs.get("attribute") == str(len(PERTURBATIONS) * len(METHODS)), result.stdout
     assert "train" not in jobs and "evaluate" not in jobs

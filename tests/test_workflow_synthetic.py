@@ -60,7 +60,8 @@ def test_synthetic_dataset_is_built_with_masks(synthetic_run: Path) -> None:
 
 def test_localisation_tables(synthetic_run: Path) -> None:
     folder = synthetic_run / "results" / "localisation" / "lesions" / "resnet18"
-    table = pd.read_parquet(folder / "fold0" / "gradcam.parquet")
+    table = pd.read_parquet(folder / "gradcam.parquet")  # every fold: here fold 0 alone
+    assert set(table["fold"]) == {0}
     assert len(table) == 40 * 3  # the 40 lesion images x (clean + 2 severities)
     for column in ("hit", "energy", "iou", "dice", "mask_fraction"):
         assert table[column].dropna().between(0, 1).all(), column

@@ -53,6 +53,7 @@ from saliency_robustness.models import (
     token_grid,
 )
 from saliency_robustness.registry import lookup
+from saliency_robustness.tables import CLEAN, MODEL_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -1185,16 +1186,33 @@ def top_k_targets(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 # Columns of the saliency table that tables written before them lack (readers must treat
 # them as optional): float32, null for methods without a completeness property.
 COMPLETENESS_COLUMNS = ("convergence_delta", "completeness_error")
+# Storage types of the saliency column (attribute.precision). float16 keeps 11 significant
+# bits: after the |x| / max normalisation every change metric moves by at most ~1e-3
+# (config/README.md "Saliency tables", bench/saliency_storage.py).
+PRECISIONS = {"float16": pa.float16(), "float32": pa.float32()}
+
+
+def _map_type(precision: str) -> pa.DataType:
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"attribute.precision: unknown value {precision!r}; allowed: {', '.join(PRECISIONS)}."
+        )
+    return PRECISIONS[precision]
 
 
 def saliency_schema(
-    height: int, width: int, n_classes: int, completeness: bool = False
+    height: int,
+    width: int,
+    n_classes: int,
+    completeness: bool = False,
+    precision: str = "float32",
 ) -> pa.Schema:
-    """Schema of the saliency Parquet files (documented in the README).
+    """Schema of the saliency Parquet files (documented in config/README.md).
 
-    ``completeness=True``: the schema ``attribute_clean_and_perturbed`` (and so the
-    workflow) writes, ending in ``COMPLETENESS_COLUMNS``; False: the columns every saliency
-    table has, including those written before the completeness columns existed.
+    ``completeness=True``: the schema ``attribute_clean``/``attribute_perturbed`` (and so
+    the workflow) write, ending in ``COMPLETENESS_COLUMNS``; False: the columns every
+    saliency table has, including those written before the completeness columns existed.
+    ``precision`` is the saliency column's float type (``PRECISIONS``).
     """
     extra = [(name, pa.float32()) for name in COMPLETENESS_COLUMNS] if completeness else []
     return pa.schema(
@@ -1215,10 +1233,149 @@ def saliency_schema(
             ("width", pa.int16()),
             ("signed", pa.bool_()),
             ("is_constant", pa.bool_()),
-            ("saliency", pa.list_(pa.float32(), height * width)),
+            ("saliency", pa.list_(_map_type(precision), height * width)),
             *extra,
         ]
     )
+
+
+def models_by_fold(
+    paths: Sequence[str], folds: Sequence[int], members: Sequence[str] = ()
+) -> list[tuple[int, list[str]]]:
+    """A fold-major list of model files (every member's of a fold for an ensemble, else
+    one per fold), as (fold, that fold's files): the models one attribution job loads."""
+    per_fold = max(len(members), 1)
+    if len(paths) != per_fold * len(folds):
+        raise ValueError(
+            f"{len(paths)} model files for {len(folds)} folds of {per_fold} member(s) each."
+        )
+    return [
+        (int(fold), list(paths[i * per_fold : (i + 1) * per_fold])) for i, fold in enumerate(folds)
+    ]
+
+
+def attribute_clean(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    method: str,
+    params: dict,
+    keys: dict,
+    target: str = "predicted",
+    batch_size: int = 32,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    multi_label: bool = False,
+    top_k: int = 1,
+    precision: str = "float32",
+) -> pa.Table:
+    """Maps of the clean ``images`` (perturbation ``tables.CLEAN``, 'none'; severity 0), one table
+    in ``saliency_schema(..., completeness=True, precision=precision)``.
+
+    The target class of each image is fixed here, from the clean image (the model's
+    prediction, or the true label with ``target='label'``); ``attribute_perturbed`` keeps
+    it for the image's perturbed versions. ``keys`` holds dataset/arch/fold.
+
+    Multi-label (``multi_label``; labels (N, L) 0/1, sigmoid outputs): each image gets
+    ``top_k`` targets, its ``top_k`` highest-scoring labels on the clean image
+    (``top_k_targets``; with ``target='label'`` the image's present labels rank first), one
+    row per (image, target). ``label`` is then the true presence of the target label and
+    ``predicted`` its predicted presence (sigmoid probability above
+    ``MULTI_LABEL_THRESHOLD``). ``top_k`` is ignored for single-label tasks.
+
+    Methods with a completeness property (``has_completeness``) fill ``convergence_delta``
+    and ``completeness_error`` per map (``Completeness``); the rest leave them null. A
+    table whose median ``completeness_error`` exceeds ``COMPLETENESS_WARNING`` is logged as
+    a warning (raise the method's ``n_steps``).
+    """
+    _map_type(precision)
+    clean_probs = predict_proba(model, images, batch_size, device, multi_label)
+    if multi_label:
+        label_matrix = multi_label_array(labels, clean_probs.shape[1])
+        if not 1 <= top_k <= clean_probs.shape[1]:
+            raise ValueError(
+                f"attribute.top_k_targets is {top_k} but the dataset has "
+                f"{clean_probs.shape[1]} labels; set it between 1 and {clean_probs.shape[1]}."
+            )
+        # label: present labels (2 + p) outrank absent ones (p in [0, 1]), then by score
+        ranking = clean_probs if target == "predicted" else 2.0 * label_matrix + clean_probs
+        image_index, targets = top_k_targets(ranking, top_k)
+        row_labels = label_matrix[image_index, targets]
+    else:
+        labels = np.asarray(labels).reshape(-1).astype(np.int64)
+        image_index = np.arange(len(images))
+        targets = clean_probs.argmax(axis=1) if target == "predicted" else labels
+        row_labels = labels
+    rows = _Rows(keys, method, params, image_index, targets, row_labels, multi_label, precision)
+    table = rows.level(model, images, clean_probs[image_index], CLEAN, 0, batch_size, seed, device)
+    _warn_if_not_converged(method, params, table.column("completeness_error"))
+    return table
+
+
+def attribute_perturbed(
+    model: nn.Module,
+    clean: pa.Table | pd.DataFrame,
+    perturbed: dict[str, tuple[list[int], np.ndarray]],
+    method: str,
+    params: dict,
+    batch_size: int = 32,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    multi_label: bool = False,
+    precision: str = "float32",
+) -> pa.Table:
+    """Maps of the perturbed versions of one model's attributed images, for the targets of
+    its ``clean`` table (``attribute_clean``'s output for this model and method).
+
+    ``perturbed`` maps a perturbation name to (severities, images (S, N, H, W[, C])), the
+    test images in their original order (row ``image_index`` of the clean table is image
+    ``image_index`` here). Rows: per perturbation and severity, the clean table's (image,
+    target) rows in its order, with the keys, ``label`` and ``target`` of the clean rows.
+    A stochastic method's maps do not depend on which job computes them (``image_seeds``).
+    """
+    _map_type(precision)
+    if isinstance(clean, pa.Table):
+        columns = [*MODEL_KEYS, "perturbation", "image_index", "label", "target"]
+        clean = clean.select(columns).to_pandas()
+    if clean.empty or set(clean["perturbation"]) != {CLEAN}:
+        raise ValueError(f"attribute_perturbed needs the model's clean saliency rows ({CLEAN!r}).")
+    models = clean[MODEL_KEYS].drop_duplicates()
+    if len(models) != 1 or models["method"].iloc[0] != method:
+        raise ValueError(
+            f"attribute_perturbed takes the clean rows of one model and method ({method}); "
+            f"got {models.to_dict('records')}."
+        )
+    keys = models.iloc[0][["dataset", "arch", "fold"]].to_dict()
+    image_index = clean["image_index"].to_numpy(np.int64)
+    rows = _Rows(
+        keys, method, params, image_index, clean["target"].to_numpy(np.int64),
+        clean["label"].to_numpy(np.int64), multi_label, precision,
+    )  # fmt: skip
+    attributed = np.unique(image_index)  # predictions once per image, not per target
+    to_rows = np.searchsorted(attributed, image_index)
+    levels = [
+        (name, int(severity), stack[i])
+        for name, (severities, stack) in perturbed.items()
+        for i, severity in enumerate(severities)
+    ]
+    if not levels:
+        raise ValueError("attribute_perturbed: no perturbed image sets given.")
+    tables = []
+    for name, severity, images in tqdm(levels, desc=method, unit="set", disable=not progress):
+        if images.shape[0] <= attributed[-1]:
+            raise ValueError(
+                f"{name} severity {severity} holds {images.shape[0]} images, but the clean "
+                f"table attributes test image {attributed[-1]}; rebuild the perturbed set."
+            )
+        probs = predict_proba(model, images[attributed], batch_size, device, multi_label)
+        tables.append(
+            rows.level(model, images, probs[to_rows], name, severity, batch_size, seed, device)
+        )
+        log.info("%s %s severity %d: %d maps", method, name, severity, len(image_index))
+    table = pa.concat_tables(tables)
+    _warn_if_not_converged(method, params, table.column("completeness_error"))
+    return table
 
 
 def attribute_clean_and_perturbed(
@@ -1236,87 +1393,146 @@ def attribute_clean_and_perturbed(
     progress: bool = False,
     multi_label: bool = False,
     top_k: int = 1,
+    precision: str = "float32",
 ) -> pa.Table:
-    """Maps for clean images and every perturbed version, as one Arrow table.
+    """``attribute_clean`` and ``attribute_perturbed`` of one model and method, as one Arrow
+    table in the comparison form (``tables.with_clean_rows``): the clean rows head each
+    perturbation as its severity 0 (under ``'none'`` when there are no perturbations).
 
-    The target class is fixed per image from the clean image (the model's prediction, or
-    the true label with ``target='label'``) and kept for its perturbed versions. Clean
-    rows appear under each perturbation as severity 0. ``keys`` holds dataset/arch/fold.
-
-    Multi-label (``multi_label``; labels (N, L) 0/1, sigmoid outputs): each image gets
-    ``top_k`` targets, its ``top_k`` highest-scoring labels on the clean image
-    (``top_k_targets``; with ``target='label'`` the image's present labels rank first), one
-    row per (image, target), the same targets at every severity. ``label`` is then the true
-    presence of the target label and ``predicted`` its predicted presence (sigmoid
-    probability above ``MULTI_LABEL_THRESHOLD``). ``top_k`` is ignored for single-label tasks.
-
-    Methods with a completeness property (``has_completeness``) fill ``convergence_delta``
-    and ``completeness_error`` per map (``Completeness``); the rest leave them null. A
-    table whose median ``completeness_error`` exceeds ``COMPLETENESS_WARNING`` is logged as
-    a warning (raise the method's ``n_steps``).
+    The workflow stores the two parts apart (each clean map once); this form is what the
+    metric functions compare within.
     """
-    n, height, width = clean_images.shape[:3]
+    clean = attribute_clean(
+        model, clean_images, labels, method, params, keys, target=target, batch_size=batch_size,
+        seed=seed, device=device, multi_label=multi_label, top_k=top_k, precision=precision,
+    )  # fmt: skip
+    if not perturbed:
+        return clean
+    position = clean.schema.get_field_index("perturbation")
+    parts = []
+    for name, level in perturbed.items():
+        names = pa.array([name] * clean.num_rows, pa.string())
+        parts.append(clean.set_column(position, "perturbation", names))
+        parts.append(
+            attribute_perturbed(
+                model,
+                clean,
+                {name: level},
+                method,
+                params,
+                batch_size=batch_size,
+                seed=seed,
+                device=device,
+                progress=progress,
+                multi_label=multi_label,
+                precision=precision,
+            )  # fmt: skip
+        )
+    return pa.concat_tables(parts)
 
-    def maps_and_probabilities(images: np.ndarray) -> tuple:
+
+class _Rows:
+    """Builds saliency tables of one model and method for fixed (image, target) rows."""
+
+    def __init__(
+        self,
+        keys: dict,
+        method: str,
+        params: dict,
+        image_index: np.ndarray,
+        targets: np.ndarray,
+        labels: np.ndarray,
+        multi_label: bool,
+        precision: str,
+    ) -> None:
+        self.keys, self.method, self.params = keys, method, params
+        self.image_index, self.targets, self.labels = image_index, targets, labels
+        self.multi_label, self.precision = multi_label, precision
+
+    def level(
+        self,
+        model: nn.Module,
+        images: np.ndarray,
+        probs: np.ndarray,
+        perturbation: str,
+        severity: int,
+        batch_size: int,
+        seed: int,
+        device,
+    ) -> pa.Table:
+        """Rows of one image set (clean, or one perturbation at one severity); ``probs``
+        are the model's probabilities of each row's image."""
         torch.manual_seed(seed)  # stochastic methods give the same maps for the same config
         maps, check = compute_maps_and_completeness(
-            model, images[image_index], targets, method, params, batch_size, device, seed
+            model, images[self.image_index], self.targets, self.method, self.params,
+            batch_size, device, seed,
+        )  # fmt: skip
+        return self.table(images.shape[1:3], probs, maps, check, perturbation, severity)
+
+    def table(
+        self,
+        size: tuple[int, int],
+        probs: np.ndarray,
+        maps: np.ndarray,
+        check: Completeness | None,
+        perturbation: str,
+        severity: int,
+    ) -> pa.Table:
+        """One Arrow table in ``saliency_schema``; the maps rounded to the storage
+        precision first, so that ``is_constant`` describes the stored maps."""
+        n, (height, width) = len(maps), size
+        schema = saliency_schema(height, width, probs.shape[1], True, self.precision)
+        stored = maps.reshape(n, -1).astype(
+            schema.field("saliency").type.value_type.to_pandas_dtype()
         )
-        probs = predict_proba(model, images, batch_size, device, multi_label)
-        return maps, probs[image_index], check
+        delta = check.delta if check is not None else np.full(n, np.nan)
+        error = check.error if check is not None else np.full(n, np.nan)
+        target_probability = probs[np.arange(n), self.targets]
+        predicted = (
+            (target_probability > MULTI_LABEL_THRESHOLD).astype(np.int64)
+            if self.multi_label
+            else probs.argmax(axis=1)
+        )
 
-    clean_probs = predict_proba(model, clean_images, batch_size, device, multi_label)
-    if multi_label:
-        label_matrix = multi_label_array(labels, clean_probs.shape[1])
-        if not 1 <= top_k <= clean_probs.shape[1]:
-            raise ValueError(
-                f"attribute.top_k_targets is {top_k} but the dataset has "
-                f"{clean_probs.shape[1]} labels; set it between 1 and {clean_probs.shape[1]}."
-            )
-        # label: present labels (2 + p) outrank absent ones (p in [0, 1]), then by score
-        ranking = clean_probs if target == "predicted" else 2.0 * label_matrix + clean_probs
-        image_index, targets = top_k_targets(ranking, top_k)
-        row_labels = label_matrix[image_index, targets]
-    else:
-        labels = np.asarray(labels).reshape(-1).astype(np.int64)
-        image_index = np.arange(n)
-        targets = clean_probs.argmax(axis=1) if target == "predicted" else labels
-        row_labels = labels
-    levels = [
-        (name, int(severity), stack[i])
-        for name, (severities, stack) in perturbed.items()
-        for i, severity in enumerate(severities)
-    ]
-    clean = maps_and_probabilities(clean_images)
+        def repeat(value) -> np.ndarray:
+            return np.full(n, value)
 
-    def rows(name: str, severity: int, maps, probs, check) -> pd.DataFrame:
-        return _rows(name, severity, image_index, targets, maps, probs, check, multi_label)
+        def fixed_lists(values: np.ndarray, size: int) -> pa.Array:
+            return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), size)
 
-    frames = []
-    for name, severity, images in tqdm(levels, desc=method, unit="set", disable=not progress):
-        if not frames or frames[-1]["perturbation"].iloc[0] != name:
-            frames.append(rows(name, 0, *clean))  # clean rows head each perturbation
-        frames.append(rows(name, severity, *maps_and_probabilities(images)))
-        log.info("%s %s severity %d: %d maps", method, name, severity, len(targets))
-    if not frames:
-        frames.append(rows("none", 0, *clean))
-    table = pd.concat(frames, ignore_index=True).assign(
-        dataset=keys["dataset"],
-        arch=keys["arch"],
-        fold=int(keys["fold"]),
-        method=method,
-        label=np.tile(row_labels, len(frames)),
-        target=np.tile(targets, len(frames)),
-        height=height,
-        width=width,
-        signed=is_signed(method, params),
-    )
-    _warn_if_not_converged(method, params, table["completeness_error"].to_numpy())
-    schema = saliency_schema(height, width, clean_probs.shape[1], completeness=True)
-    return pa.Table.from_pandas(table[schema.names], schema=schema, preserve_index=False)
+        columns = {
+            "dataset": repeat(self.keys["dataset"]),
+            "arch": repeat(self.keys["arch"]),
+            "fold": repeat(int(self.keys["fold"])),
+            "method": repeat(self.method),
+            "perturbation": repeat(perturbation),
+            "severity": repeat(severity),
+            "image_index": self.image_index,
+            "label": self.labels,
+            "target": self.targets,
+            "predicted": predicted,
+            "target_probability": target_probability,
+            "probabilities": fixed_lists(probs.astype(np.float32), probs.shape[1]),
+            "height": repeat(height),
+            "width": repeat(width),
+            "signed": repeat(is_signed(self.method, self.params)),
+            "is_constant": constant_maps(stored.astype(np.float32).reshape(maps.shape)),
+            "saliency": fixed_lists(stored, height * width),
+            "convergence_delta": delta,
+            "completeness_error": error,
+        }
+        arrays = [
+            column
+            if isinstance(column := columns[field.name], pa.Array)
+            # from_pandas: NaN (no completeness value) becomes null
+            else pa.array(column, field.type, from_pandas=True)
+            for field in schema
+        ]
+        return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def _warn_if_not_converged(method: str, params: dict, errors: np.ndarray) -> None:
+def _warn_if_not_converged(method: str, params: dict, errors: pa.ChunkedArray) -> None:
+    errors = errors.to_numpy(zero_copy_only=False).astype(np.float64)
     errors = errors[np.isfinite(errors)]
     if len(errors) and np.median(errors) > COMPLETENESS_WARNING:
         steps = f" (n_steps {params['n_steps']})" if "n_steps" in params else ""
@@ -1327,41 +1543,3 @@ def _warn_if_not_converged(method: str, params: dict, errors: np.ndarray) -> Non
             method, steps, 100 * np.median(errors), 100 * errors.max(), len(errors),
             100 * COMPLETENESS_WARNING, method,
         )  # fmt: skip
-
-
-def _rows(
-    perturbation: str,
-    severity: int,
-    image_index: np.ndarray,
-    targets: np.ndarray,
-    maps: np.ndarray,
-    probs: np.ndarray,
-    check: Completeness | None,
-    multi_label: bool,
-) -> pd.DataFrame:
-    """Per-row columns that vary with the perturbation level (see ``saliency_schema``);
-    one row per (image, target), ``probs`` already expanded to those rows; the
-    completeness columns NaN (null in Arrow) without a ``check``."""
-    n = len(maps)
-    delta = check.delta if check is not None else np.full(n, np.nan)
-    error = check.error if check is not None else np.full(n, np.nan)
-    target_probability = probs[np.arange(n), targets]
-    predicted = (
-        (target_probability > MULTI_LABEL_THRESHOLD).astype(np.int64)
-        if multi_label
-        else probs.argmax(axis=1)
-    )
-    return pd.DataFrame(
-        {
-            "perturbation": perturbation,
-            "severity": severity,
-            "image_index": image_index,
-            "predicted": predicted,
-            "target_probability": target_probability,
-            "probabilities": list(probs.astype(np.float32)),
-            "is_constant": constant_maps(maps),
-            "saliency": list(maps.reshape(n, -1)),
-            "convergence_delta": delta.astype(np.float32),
-            "completeness_error": error.astype(np.float32),
-        }
-    )

@@ -3,18 +3,19 @@
 # families that rule all builds.
 
 
+# Like attribution, one job per (dataset, arch, method) covers every fold's model.
 rule faithfulness:
     input:
-        saliency="results/saliency/{dataset}/{arch}/fold{fold}/{method}.parquet",
+        saliency=saliency_files,
         data=dataset_file,
-        model=model_file,
+        models=fold_model_files,
         perturbed=perturbed_files,
     output:
-        "results/faithfulness/{dataset}/{arch}/fold{fold}/{method}.parquet",
+        "results/faithfulness/{dataset}/{arch}/{method}.parquet",
     log:
-        "logs/faithfulness/{dataset}/{arch}/fold{fold}/{method}.log",
+        "logs/faithfulness/{dataset}/{arch}/{method}.log",
     benchmark:
-        "benchmarks/faithfulness/{dataset}/{arch}/fold{fold}/{method}.tsv"
+        "benchmarks/faithfulness/{dataset}/{arch}/{method}.tsv"
     conda:
         "../../envs/attribute.yaml"
     threads: config["resources"]["attribute"]["threads"]
@@ -22,6 +23,8 @@ rule faithfulness:
         gpu=config["resources"]["attribute"]["gpus"],
     params:
         settings=config["analysis"]["faithfulness"],
+        folds=FOLDS,
+        members=ensemble_members,
         method_params=method_params,
         seed=config["seed"],
         device=config["device"],
@@ -49,7 +52,8 @@ rule summarise_faithfulness:
 
 rule sanity:
     input:
-        saliency="results/saliency/{dataset}/{arch}/fold{fold}/{method}.parquet",
+        # the clean maps fix the images and targets; perturbed maps are not read
+        saliency=clean_saliency_file,
         data=dataset_file,
         model=model_file,
     output:
@@ -276,7 +280,7 @@ rule train_shuffled_labels:
 
 rule sanity_data:
     input:
-        saliency="results/saliency/{dataset}/{arch}/fold{fold}/{method}.parquet",
+        saliency=clean_saliency_file,
         data=dataset_file,
         model=model_file,
         shuffled_model="results/models/{dataset}/{arch}/fold{fold}/shuffled_labels.pt",

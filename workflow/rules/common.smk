@@ -171,6 +171,53 @@ def per_model(pattern, dataset, **extra):
     return expand(pattern, dataset=dataset, arch=ARCHS, fold=FOLDS, **extra)
 
 
+def ensemble_members(wildcards):
+    """The ensemble's members (train.ensembles) when arch is one, else an empty list: an
+    attribution job's params name only its own model."""
+    return list(ENSEMBLES.get(wildcards.arch, []))
+
+
+def fold_model_files(wildcards):
+    """Every fold's weights of one architecture, fold-major (for an ensemble each fold's
+    member weights): the models of one attribution job."""
+    members = ENSEMBLES.get(wildcards.arch, [wildcards.arch])
+    return [
+        f"results/models/{wildcards.dataset}/{member}/fold{fold}/model.pt"
+        for fold in FOLDS
+        for member in members
+    ]
+
+
+# Saliency tables of one (dataset, arch, method): clean.parquet holds the clean maps of
+# every fold, <perturbation>.parquet the perturbed ones (attribute.smk).
+SALIENCY = "results/saliency/{dataset}/{arch}/{method}/{table}.parquet"
+
+
+def saliency_tables(dataset, arch, method):
+    """The clean and every perturbed saliency table of architectures and methods."""
+    return expand(
+        SALIENCY,
+        dataset=dataset,
+        arch=arch,
+        method=method,
+        table=["clean", *perturbations_for(dataset)],
+    )
+
+
+def saliency_files(wildcards):
+    """One architecture's and method's saliency tables (clean and perturbed)."""
+    return saliency_tables(wildcards.dataset, wildcards.arch, wildcards.method)
+
+
+def clean_saliency_file(wildcards):
+    return SALIENCY.format(
+        dataset=wildcards.dataset,
+        arch=wildcards.arch,
+        method=wildcards.method,
+        table="clean",
+    )
+
+
 def perturbation_params(wildcards):
     return config["perturb"]["params"].get(wildcards.perturbation, {})
 
@@ -204,26 +251,24 @@ def history_files(wildcards):
 
 
 def saliency_change_files(wildcards):
-    return per_model(
-        "results/metrics/saliency_change/{dataset}/{arch}/fold{fold}/{method}.parquet",
-        wildcards.dataset,
+    return expand(
+        "results/metrics/saliency_change/{dataset}/{arch}/{method}.parquet",
+        dataset=wildcards.dataset,
+        arch=ARCHS,
         method=METHODS,
     )
 
 
 def agreement_files(wildcards):
     """Every model's saliency tables of one dataset (pairs of architectures and folds)."""
-    return per_model(
-        "results/saliency/{dataset}/{arch}/fold{fold}/{method}.parquet",
-        wildcards.dataset,
-        method=METHODS,
-    )
+    return saliency_tables(wildcards.dataset, ARCHS, METHODS)
 
 
 def faithfulness_files(wildcards):
-    return per_model(
-        "results/faithfulness/{dataset}/{arch}/fold{fold}/{method}.parquet",
-        wildcards.dataset,
+    return expand(
+        "results/faithfulness/{dataset}/{arch}/{method}.parquet",
+        dataset=wildcards.dataset,
+        arch=ARCHS,
         method=METHODS,
     )
 
@@ -274,21 +319,17 @@ def analysis_outputs(dataset):
 
 
 def localisation_files(wildcards):
-    return per_model(
-        "results/localisation/{dataset}/{arch}/fold{fold}/{method}.parquet",
-        wildcards.dataset,
+    return expand(
+        "results/localisation/{dataset}/{arch}/{method}.parquet",
+        dataset=wildcards.dataset,
+        arch=ARCHS,
         method=METHODS,
     )
 
 
 def example_saliency_files(wildcards):
-    return expand(
-        "results/saliency/{dataset}/{arch}/fold{fold}/{method}.parquet",
-        dataset=wildcards.dataset,
-        arch=wildcards.arch,
-        fold=FOLDS[0],
-        method=METHODS,
-    )
+    """Every method's saliency tables of one architecture (the figure shows FOLDS[0])."""
+    return saliency_tables(wildcards.dataset, wildcards.arch, METHODS)
 
 
 def all_outputs():
@@ -340,7 +381,7 @@ def all_outputs():
                 f"results/plots/{dataset}/localisation.png",
             ]
         outputs += analysis_outputs(dataset)
-    outputs += colour_preview_outputs()  # only for studies with RGB data
+    outputs += colour_preview_outputs()  # perturb.smk: only for studies with RGB data
     return outputs
 
 

@@ -1,13 +1,13 @@
 rule localisation:
     input:
-        saliency="results/saliency/{dataset}/{arch}/fold{fold}/{method}.parquet",
+        saliency=saliency_files,
         data=dataset_file,
     output:
-        "results/localisation/{dataset}/{arch}/fold{fold}/{method}.parquet",
+        "results/localisation/{dataset}/{arch}/{method}.parquet",
     log:
-        "logs/localisation/{dataset}/{arch}/fold{fold}/{method}.log",
+        "logs/localisation/{dataset}/{arch}/{method}.log",
     benchmark:
-        "benchmarks/localisation/{dataset}/{arch}/fold{fold}/{method}.tsv"
+        "benchmarks/localisation/{dataset}/{arch}/{method}.tsv"
     conda:
         "../../envs/metrics.yaml"
     params:

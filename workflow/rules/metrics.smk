@@ -1,12 +1,13 @@
+# One job per (dataset, arch, method), every fold: it reads that pair's saliency tables.
 rule saliency_change:
     input:
-        "results/saliency/{dataset}/{arch}/fold{fold}/{method}.parquet",
+        saliency_files,
     output:
-        "results/metrics/saliency_change/{dataset}/{arch}/fold{fold}/{method}.parquet",
+        "results/metrics/saliency_change/{dataset}/{arch}/{method}.parquet",
     log:
-        "logs/saliency_change/{dataset}/{arch}/fold{fold}/{method}.log",
+        "logs/saliency_change/{dataset}/{arch}/{method}.log",
     benchmark:
-        "benchmarks/saliency_change/{dataset}/{arch}/fold{fold}/{method}.tsv"
+        "benchmarks/saliency_change/{dataset}/{arch}/{method}.tsv"
     conda:
         "../../envs/metrics.yaml"
     params:

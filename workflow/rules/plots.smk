@@ -109,6 +109,7 @@ rule plot_examples:
         "../../envs/plots.yaml"
     params:
         n_images=config["plots"]["example_images"],
+        fold=FOLDS[0],
         dpi=config["plots"]["dpi"],
     script:
         "../scripts/plot_examples.py"

@@ -2,12 +2,12 @@
 
 from saliency_robustness.agreement import agreement
 from saliency_robustness.logs import log_to_file
-from saliency_robustness.tables import read_parquet, write_parquet
+from saliency_robustness.tables import read_saliency, write_parquet
 
 log_to_file(snakemake.log[0])
 write_parquet(
     agreement(
-        read_parquet(list(snakemake.input)),
+        read_saliency(list(snakemake.input)),
         snakemake.params.top_k_percent,
         snakemake.params.same_target_only,
         **snakemake.params.bootstrap,

@@ -1,51 +1,62 @@
-"""Saliency maps of one model and method for clean and perturbed test images."""
+"""Saliency maps of one perturbation's test sets, for one architecture's models (every fold)
+and one method; images and targets come from the clean table."""
 
 import torch
 
-from saliency_robustness.attribution import attribute_clean_and_perturbed, model_method_params
-from saliency_robustness.data import dataset_info, load_npz, load_perturbed
+from saliency_robustness.attribution import (
+    attribute_perturbed,
+    model_method_params,
+    models_by_fold,
+    saliency_schema,
+)
+from saliency_robustness.data import dataset_info, load_perturbed
 from saliency_robustness.evaluation import is_multi_label
 from saliency_robustness.logs import log_to_file
 from saliency_robustness.models import load_trained_model, resolve_device
-from saliency_robustness.tables import write_parquet
+from saliency_robustness.tables import read_parquet, write_parquet_parts
 
 log_to_file(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
-wc = snakemake.wildcards
+wc, params = snakemake.wildcards, snakemake.params
 info = dataset_info(wc.dataset, snakemake.config["data"])
-arrays = load_npz(snakemake.input.data)
-n = snakemake.params.max_images
-images, labels = arrays["test_images"][:n], arrays["test_labels"][:n]
-perturbed = {
-    name: (severities, stack[:, :n])
-    for name, (severities, stack) in load_perturbed(snakemake.input.perturbed).items()
-}
-device = resolve_device(snakemake.params.device)
-# an ensemble (train.ensembles) loads every member's model.pt of this fold
-model = load_trained_model(
-    snakemake.input.model,
-    wc.arch,
-    info,
-    images.shape[1],
-    device,
-    snakemake.params.ensembles,
-    weights=snakemake.params.weights,
+perturbed = load_perturbed([snakemake.input.perturbed])
+clean = read_parquet(
+    snakemake.input.clean,
+    columns=["dataset", "arch", "fold", "method", "perturbation", "image_index", "label", "target"],
 )
-params = model_method_params(wc.method, snakemake.params.method_params, model, images.shape[1])
-table = attribute_clean_and_perturbed(
-    model,
-    images,
-    labels,
-    perturbed,
-    wc.method,
-    params,
-    keys={"dataset": wc.dataset, "arch": wc.arch, "fold": int(wc.fold)},
-    target=snakemake.params.target,
-    batch_size=snakemake.params.batch_size,
-    seed=snakemake.params.seed,
-    device=device,
-    progress=True,
-    multi_label=is_multi_label(info.task),
-    top_k=snakemake.params.top_k_targets,
+height, width = next(iter(perturbed.values()))[1].shape[2:4]
+device = resolve_device(params.device)
+ensembles = {wc.arch: params.members} if params.members else {}
+
+
+def tables():
+    """One fold at a time: a fold's table is written before the next model loads."""
+    for fold, paths in models_by_fold(snakemake.input.models, params.folds, params.members):
+        model = load_trained_model(
+            paths if params.members else paths[0],
+            wc.arch,
+            info,
+            height,
+            device,
+            ensembles,
+            weights=params.weights,
+        )
+        yield attribute_perturbed(
+            model,
+            clean[clean["fold"] == fold],
+            perturbed,
+            wc.method,
+            model_method_params(wc.method, params.method_params, model, height),
+            batch_size=params.batch_size,
+            seed=params.seed,
+            device=device,
+            progress=True,
+            multi_label=is_multi_label(info.task),
+            precision=params.precision,
+        )
+
+
+schema = saliency_schema(
+    height, width, info.n_classes, completeness=True, precision=params.precision
 )
-write_parquet(table, snakemake.output[0])
+write_parquet_parts(tables(), snakemake.output[0], schema, map_columns=["saliency"])

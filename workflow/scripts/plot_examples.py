@@ -1,17 +1,15 @@
 """Figure: example images at each severity with every method's saliency map."""
 
-import pandas as pd
-
 from saliency_robustness.data import load_npz, load_perturbed
 from saliency_robustness.logs import log_to_file
 from saliency_robustness.plots import saliency_examples
-from saliency_robustness.tables import maps_from_table
+from saliency_robustness.tables import maps_from_table, read_saliency
 
 log_to_file(snakemake.log[0])
 maps = {}
-for path in snakemake.input.saliency:
-    table = pd.read_parquet(path)
-    maps[table["method"].iloc[0]] = {
+saliency = read_saliency(snakemake.input.saliency, fold=snakemake.params.fold)
+for method, table in saliency.groupby("method", sort=False):
+    maps[method] = {
         # Multi-label tables hold k rows per image, highest-scoring target first: show that one.
         (name, int(severity)): maps_from_table(
             group.drop_duplicates("image_index").sort_values("image_index")

@@ -1,7 +1,6 @@
 """Cascading model-randomisation sanity check of one model and method."""
 
 import numpy as np
-import pandas as pd
 import torch
 
 from saliency_robustness.attribution import model_method_params
@@ -9,14 +8,18 @@ from saliency_robustness.data import dataset_info, load_npz
 from saliency_robustness.logs import log_to_file
 from saliency_robustness.models import load_trained_model, resolve_device
 from saliency_robustness.sanity import data_randomisation, model_randomisation
-from saliency_robustness.tables import write_parquet
+from saliency_robustness.tables import read_parquet, write_parquet
 
 log_to_file(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 wc = snakemake.wildcards
 info = dataset_info(wc.dataset, snakemake.config["data"])
 # The trained model's clean maps fix the images and targets (the attributed images).
-saliency = pd.read_parquet(snakemake.input.saliency)
+saliency = read_parquet(
+    snakemake.input.saliency,
+    columns=["fold", "severity", "image_index", "target"],
+    filters=[("fold", "==", int(wc.fold))],
+)
 clean = saliency[saliency["severity"] == 0].drop_duplicates(["image_index", "target"])
 clean = clean.sort_values(["image_index", "target"]).head(snakemake.params.max_images)
 images = load_npz(snakemake.input.data)["test_images"][clean["image_index"].to_numpy()]

@@ -1,0 +1,61 @@
+"""Clean saliency maps of one architecture's models (every fold) and one method."""
+
+import torch
+
+from saliency_robustness.attribution import (
+    attribute_clean,
+    model_method_params,
+    models_by_fold,
+    saliency_schema,
+)
+from saliency_robustness.data import dataset_info, load_npz
+from saliency_robustness.evaluation import is_multi_label
+from saliency_robustness.logs import log_to_file
+from saliency_robustness.models import load_trained_model, resolve_device
+from saliency_robustness.tables import write_parquet_parts
+
+log_to_file(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+wc, params = snakemake.wildcards, snakemake.params
+info = dataset_info(wc.dataset, snakemake.config["data"])
+arrays = load_npz(snakemake.input.data)
+n = params.max_images
+images, labels = arrays["test_images"][:n], arrays["test_labels"][:n]
+device = resolve_device(params.device)
+ensembles = {wc.arch: params.members} if params.members else {}
+
+
+def tables():
+    """One fold at a time: a fold's table is written before the next model loads."""
+    for fold, paths in models_by_fold(snakemake.input.models, params.folds, params.members):
+        # an ensemble (train.ensembles) loads every member's model.pt of this fold
+        model = load_trained_model(
+            paths if params.members else paths[0],
+            wc.arch,
+            info,
+            images.shape[1],
+            device,
+            ensembles,
+            weights=params.weights,
+        )
+        yield attribute_clean(
+            model,
+            images,
+            labels,
+            wc.method,
+            model_method_params(wc.method, params.method_params, model, images.shape[1]),
+            keys={"dataset": wc.dataset, "arch": wc.arch, "fold": fold},
+            target=params.target,
+            batch_size=params.batch_size,
+            seed=params.seed,
+            device=device,
+            multi_label=is_multi_label(info.task),
+            top_k=params.top_k_targets,
+            precision=params.precision,
+        )
+
+
+schema = saliency_schema(
+    images.shape[1], images.shape[2], info.n_classes, completeness=True, precision=params.precision
+)
+write_parquet_parts(tables(), snakemake.output[0], schema, map_columns=["saliency"])
