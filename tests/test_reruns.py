@@ -99,3 +99,25 @@ def test_adding_a_method_attributes_only_that_method(tiny_run, tmp_path):
     # the other methods' attribute jobs keep their params: each holds its own method's only
     assert jobs["attribute_clean"] == 1 and jobs["attribute"] == N_PERTURBATIONS
     assert not {"train", "evaluate", "perturb"} & set(jobs)
+
+
+def test_adding_an_architecture_trains_only_that_architecture(tiny_run, tmp_path):
+    """A train job's params hold its own architecture's settings only, so listing another
+    architecture (or ensemble) leaves every finished job alone."""
+    archs = [*TINY["train"]["architectures"], "squeezenet1_1"]
+    jobs = planned_jobs(tiny_run, edit={"train": {"architectures": archs}}, tmp_path=tmp_path)
+    assert jobs["train"] == K and jobs["evaluate"] == K  # squeezenet1_1's folds only
+    assert not {"download_medmnist", "folds", "perturb"} & set(jobs)
+
+
+def test_adding_an_ensemble_trains_only_its_new_member(tiny_run, tmp_path):
+    edit = {
+        "train": {
+            "architectures": [*TINY["train"]["architectures"], "res_squeeze"],
+            "ensembles": {"res_squeeze": [TINY["train"]["architectures"][0], "squeezenet1_1"]},
+        }
+    }
+    jobs = planned_jobs(tiny_run, edit=edit, tmp_path=tmp_path)
+    assert jobs["train"] == K  # squeezenet1_1; the finished member is reused
+    assert jobs["evaluate"] == K  # the ensemble's folds
+    assert not {"download_medmnist", "folds", "perturb"} & set(jobs)

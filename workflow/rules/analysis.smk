@@ -271,7 +271,7 @@ rule train_shuffled_labels:
     resources:
         gpu=config["resources"]["train"]["gpus"],
     params:
-        train=config["train"],
+        train=train_settings,
         seed=config["seed"],
         device=config["device"],
     script:

@@ -411,3 +411,14 @@ COLOUR_PREVIEW = "results/plots/colour_test_images/perturbation_grid.png"
 def colour_preview_outputs():
     """rule all builds the colour preview grid when the study has an RGB dataset."""
     return [COLOUR_PREVIEW] if any(_n_channels(d) == 3 for d in DATASETS) else []
+
+
+def train_settings(wildcards):
+    """train settings of this job's architecture only: adding an architecture or ensemble,
+    or another architecture's weights file, changes no finished train job's params;
+    checkpoint_every changes no result and is read from the config by the script."""
+    skipped = ("architectures", "ensembles", "weights_files", "checkpoint_every")
+    settings = {k: v for k, v in config["train"].items() if k not in skipped}
+    own = config["train"]["weights_files"].get(wildcards.arch)
+    settings["weights_files"] = {wildcards.arch: own} if own else {}
+    return settings

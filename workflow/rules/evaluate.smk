@@ -18,7 +18,7 @@ rule evaluate:
     params:
         batch_size=config["evaluate"]["batch_size"],
         device=config["device"],
-        ensembles=ENSEMBLES,
+        members=ensemble_members,
         weights=config["train"]["weights"],
     script:
         "../scripts/evaluate.py"

@@ -16,8 +16,7 @@ rule train:
     resources:
         gpu=config["resources"]["train"]["gpus"],
     params:
-        # checkpoint_every changes no result: left out so that editing it reruns nothing
-        train={k: v for k, v in config["train"].items() if k != "checkpoint_every"},
+        train=train_settings,
         seed=config["seed"],
         device=config["device"],
     script:

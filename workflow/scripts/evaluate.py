@@ -22,7 +22,7 @@ model = load_trained_model(
     info,
     images.shape[1],
     device,
-    snakemake.params.ensembles,
+    {wc.arch: snakemake.params.members} if snakemake.params.members else {},
     weights=snakemake.params.weights,
 )
 predictions, metrics = evaluate_model(
