@@ -39,28 +39,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 def map_column_options(schema: pa.Schema, map_columns: Sequence[str]) -> dict:
     """``pq.write_table`` options for columns that hold float maps (lists of near-unique
-    floats): zstd, no dictionary for them, and byte-stream split on float32/float64 leaves.
+    floats): zstd (level 9), byte-stream split on their leaf column and no dictionary for it.
 
     Dictionary encoding of near-unique floats inflates them (saliency maps cost ~5 bytes
     per float32 pixel with pyarrow's defaults), so it stays on only for the other columns,
     named. pyarrow 25 applies byte-stream split only to a leaf column named in full
     (``saliency.list.element``; naming ``saliency`` is silently ignored) whose dictionary
-    encoding is off. float16 leaves stay plain: DuckDB (2.0) decodes byte-stream split only
-    for 4- and 8-byte types and fails on the whole column otherwise; on the default study's
-    float16 maps the split would save ~9 % (bench/saliency_storage.py).
+    encoding is off. DuckDB (2.0) decodes byte-stream split for 4- and 8-byte floats but
+    not for float16: it reads every other column of a float16 table (config/README.md
+    "Saliency tables"). Sizes: bench/saliency_storage.py.
     """
     missing = set(map_columns) - set(schema.names)
     if missing:
         raise KeyError(f"Map columns {sorted(missing)} are not in the table.")
-    wide = {pa.float32(), pa.float64()}
     return {
         "compression": "zstd",
+        # level 9: the default study's float16 tables (one row group per fold) take 1.46
+        # bytes per pixel against 1.50 at zstd's default level, at a cost that is small
+        # next to attribution's (level 19: 1.41, several times slower again)
+        "compression_level": 9,
         "use_dictionary": [name for name in schema.names if name not in map_columns],
-        "use_byte_stream_split": [
-            f"{name}.list.element"
-            for name in map_columns
-            if schema.field(name).type.value_type in wide
-        ],
+        "use_byte_stream_split": [f"{name}.list.element" for name in map_columns],
     }
 
 
