@@ -50,6 +50,7 @@ from saliency_robustness.models import (
     get_architecture,
     get_layer,
     images_to_tensor,
+    load_trained_model,
     token_grid,
 )
 from saliency_robustness.registry import lookup
@@ -1253,6 +1254,29 @@ def models_by_fold(
     return [
         (int(fold), list(paths[i * per_fold : (i + 1) * per_fold])) for i, fold in enumerate(folds)
     ]
+
+
+def trained_models_by_fold(
+    paths: Sequence[str],
+    folds: Sequence[int],
+    arch: str,
+    members: Sequence[str],
+    info,
+    image_size: int,
+    device: torch.device | str,
+    weights: str | None = None,
+) -> Iterator[tuple[int, nn.Module]]:
+    """(fold, trained model) one fold at a time, so a fold's work is done before the next
+    model loads; an ensemble (``members``, from train.ensembles) loads every member's file."""
+    ensembles = {arch: list(members)} if members else {}
+    for fold, fold_paths in models_by_fold(paths, folds, members):
+        model_paths = fold_paths if members else fold_paths[0]
+        yield (
+            fold,
+            load_trained_model(
+                model_paths, arch, info, image_size, device, ensembles, weights=weights
+            ),
+        )
 
 
 def attribute_clean(

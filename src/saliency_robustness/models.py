@@ -539,7 +539,8 @@ def load_model(
 def read_state_dict(path: str | os.PathLike, what: str, fix: str) -> dict:
     """``torch.load(..., weights_only=True)`` of a state_dict; a damaged or foreign file is a
     ValueError naming the file, what it should hold and the fix. torch's own message is not
-    passed on: it suggests ``weights_only=False``, which would run the file's pickled code."""
+    passed on: it suggests turning the weights-only guard off, which would run the file's
+    pickled code."""
     try:
         state = torch.load(Path(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:

@@ -6,13 +6,13 @@ import torch
 from saliency_robustness.attribution import (
     attribute_perturbed,
     model_method_params,
-    models_by_fold,
     saliency_schema,
+    trained_models_by_fold,
 )
 from saliency_robustness.data import dataset_info, load_perturbed
 from saliency_robustness.evaluation import is_multi_label
 from saliency_robustness.logs import log_to_file
-from saliency_robustness.models import load_trained_model, resolve_device
+from saliency_robustness.models import resolve_device
 from saliency_robustness.tables import read_parquet, write_parquet_parts
 
 log_to_file(snakemake.log[0])
@@ -26,21 +26,14 @@ clean = read_parquet(
 )
 height, width = next(iter(perturbed.values()))[1].shape[2:4]
 device = resolve_device(params.device)
-ensembles = {wc.arch: params.members} if params.members else {}
 
 
 def tables():
     """One fold at a time: a fold's table is written before the next model loads."""
-    for fold, paths in models_by_fold(snakemake.input.models, params.folds, params.members):
-        model = load_trained_model(
-            paths if params.members else paths[0],
-            wc.arch,
-            info,
-            height,
-            device,
-            ensembles,
-            weights=params.weights,
-        )
+    for fold, model in trained_models_by_fold(
+        snakemake.input.models, params.folds, wc.arch, params.members, info, height, device,
+        params.weights,
+    ):  # fmt: skip
         yield attribute_perturbed(
             model,
             clean[clean["fold"] == fold],

@@ -5,13 +5,13 @@ import torch
 from saliency_robustness.attribution import (
     attribute_clean,
     model_method_params,
-    models_by_fold,
     saliency_schema,
+    trained_models_by_fold,
 )
 from saliency_robustness.data import dataset_info, load_npz
 from saliency_robustness.evaluation import is_multi_label
 from saliency_robustness.logs import log_to_file
-from saliency_robustness.models import load_trained_model, resolve_device
+from saliency_robustness.models import resolve_device
 from saliency_robustness.tables import write_parquet_parts
 
 log_to_file(snakemake.log[0])
@@ -22,22 +22,14 @@ arrays = load_npz(snakemake.input.data)
 n = params.max_images
 images, labels = arrays["test_images"][:n], arrays["test_labels"][:n]
 device = resolve_device(params.device)
-ensembles = {wc.arch: params.members} if params.members else {}
 
 
 def tables():
     """One fold at a time: a fold's table is written before the next model loads."""
-    for fold, paths in models_by_fold(snakemake.input.models, params.folds, params.members):
-        # an ensemble (train.ensembles) loads every member's model.pt of this fold
-        model = load_trained_model(
-            paths if params.members else paths[0],
-            wc.arch,
-            info,
-            images.shape[1],
-            device,
-            ensembles,
-            weights=params.weights,
-        )
+    for fold, model in trained_models_by_fold(
+        snakemake.input.models, params.folds, wc.arch, params.members, info, images.shape[1],
+        device, params.weights,
+    ):  # fmt: skip
         yield attribute_clean(
             model,
             images,

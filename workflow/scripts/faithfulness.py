@@ -4,12 +4,12 @@ clean and perturbed images."""
 import pandas as pd
 import torch
 
-from saliency_robustness.attribution import model_method_params, models_by_fold
+from saliency_robustness.attribution import model_method_params, trained_models_by_fold
 from saliency_robustness.data import dataset_info, load_npz, load_perturbed
 from saliency_robustness.evaluation import is_multi_label
 from saliency_robustness.faithfulness import FaithfulnessSettings, faithfulness_table
 from saliency_robustness.logs import log_to_file
-from saliency_robustness.models import load_trained_model, resolve_device
+from saliency_robustness.models import resolve_device
 from saliency_robustness.tables import read_saliency, write_parquet
 
 log_to_file(snakemake.log[0])
@@ -21,7 +21,6 @@ images = {("none", 0): clean}
 for name, (severities, stack) in load_perturbed(snakemake.input.perturbed).items():
     images.update({(name, int(s)): stack[i] for i, s in enumerate(severities)})
 device = resolve_device(params.device)
-ensembles = {wc.arch: params.members} if params.members else {}
 cfg = dict(params.settings)
 severities = cfg.pop("severities")
 settings = FaithfulnessSettings(
@@ -30,17 +29,10 @@ settings = FaithfulnessSettings(
     multi_label=is_multi_label(info.task),
 )
 tables = []
-for fold, paths in models_by_fold(snakemake.input.models, params.folds, params.members):
-    # an ensemble (train.ensembles) loads every member's model.pt of this fold
-    model = load_trained_model(
-        paths if params.members else paths[0],
-        wc.arch,
-        info,
-        clean.shape[1],
-        device,
-        ensembles,
-        weights=snakemake.config["train"]["weights"],
-    )
+for fold, model in trained_models_by_fold(
+    snakemake.input.models, params.folds, wc.arch, params.members, info, clean.shape[1], device,
+    snakemake.config["train"]["weights"],
+):  # fmt: skip
     tables.append(
         faithfulness_table(
             model,
