@@ -46,8 +46,17 @@ ARCH = "resnet18"
 BATCH_SIZE = 64
 THREADS = 2
 # Methods whose implementation handles one image at a time (ScoreCAM scores every channel
-# of one image, LIME and Kernel SHAP fit one surrogate per image).
-PER_IMAGE = ("scorecam", "ablationcam", "lime", "kernel_shap")
+# of one image, LIME and Kernel SHAP fit one surrogate per image, the shap explainers
+# explain one image per call).
+PER_IMAGE = (
+    "scorecam",
+    "ablationcam",
+    "lime",
+    "kernel_shap",
+    "shap_partition",
+    "shap_gradient",
+    "shap_kernel",
+)
 # Cost targets in units of fwd+bwd per image: a number, or (parameter, factor).
 UNIT_TARGETS = {
     **dict.fromkeys(
@@ -133,8 +142,16 @@ def worker(
     import skimage.segmentation  # noqa: F401
     import sklearn.linear_model  # noqa: F401
 
-    from saliency_robustness.attribution import compute_maps, default_cam_layer, method_params
+    from saliency_robustness.attribution import (
+        compute_maps,
+        default_cam_layer,
+        get_method,
+        method_params,
+    )
     from saliency_robustness.models import build_model, images_to_tensor
+
+    if get_method(method).library == "shap":
+        import shap  # noqa: F401 - only for its methods, so the others' baseline is as before
 
     all_images, all_labels = load_images(size, max(n_images, BATCH_SIZE), DATA)
     images, labels = all_images[:n_images], all_labels[:n_images]

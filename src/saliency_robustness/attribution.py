@@ -7,8 +7,11 @@ absolute values over input channels (non-negative maps); Input x Gradient, Integ
 Gradients, GradientSHAP and DeepLift sum signed attributions over channels (so their
 completeness properties hold); occlusion, LIME and Kernel SHAP attribute regions that span
 every channel, so they take the (equal) channel mean; pytorch-grad-cam's CAMs are ReLU'd,
-min-max scaled and upsampled to the input size; the controls are a Sobel edge map of the
-image and seeded uniform noise. Adding a method is one ``SaliencyMethod`` entry.
+min-max scaled and upsampled to the input size; the shap package's Partition, Gradient
+and Kernel explainers give signed maps of the same output as captum's methods (Partition
+and Kernel over image regions, so they also take the channel mean); the controls are a
+Sobel edge map of the image and seeded uniform noise. Adding a method is one
+``SaliencyMethod`` entry.
 
 Memory is bounded by the attribution batch size and each method's parameters
 (``internal_batch_size``, ``perturbations_per_eval``, ``batch_size``), never by the number
@@ -45,6 +48,7 @@ from saliency_robustness.evaluation import (
 )
 from saliency_robustness.metrics import constant_maps
 from saliency_robustness.models import (
+    Combined,
     Ensemble,
     cam_reshape_transform,
     get_architecture,
@@ -283,10 +287,10 @@ def default_cam_layer(
     model's ``registry_name`` (set by ``models.build_model``). In a ViT a token layer counts
     with its patch grid's size (the preferred layer is the last block's ``ln_1``).
     """
-    if isinstance(model, Ensemble):
+    if isinstance(model, Ensemble | Combined):
         raise ValueError(
-            "An ensemble has no single CAM layer: CAM methods average the members' maps, "
-            "each at the member's default layer (pass cam_layer=None)."
+            "An ensemble or combined model has no single CAM layer: CAM methods average the "
+            "members' (backbones') maps, each at its default layer (pass cam_layer=None)."
         )
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
     channels = in_channels if in_channels is not None else _first_conv_channels(model)
@@ -317,20 +321,31 @@ def _cam_layer_name(model: nn.Module, inputs: torch.Tensor, cam_layer: str | Non
 def _member_average(compute: Callable) -> Callable:
     """A CAM method that, on an ``Ensemble``, averages its members' maps, each member at
     its own default CAM layer (the members may be different architectures, so no single
-    layer exists); on any other model ``compute`` itself."""
+    layer exists); on a ``Combined`` model, the maps of the combined model's output at each
+    backbone's default CAM layer; on any other model ``compute`` itself."""
 
     @functools.wraps(compute)
     def wrapper(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *args, **kwargs):
-        if not isinstance(model, Ensemble):
+        if not isinstance(model, Ensemble | Combined):
             return compute(model, inputs, targets, *args, **kwargs)
         if kwargs.pop("cam_layer", None) not in (None, "auto"):
             raise ValueError(
-                "cam_layer cannot be set for an ensemble: each member uses its own default "
-                "CAM layer; remove attribute.params.<method>.cam_layer."
+                "cam_layer cannot be set for an ensemble or combined model: each member "
+                "(backbone) uses its own default CAM layer; remove "
+                "attribute.params.<method>.cam_layer."
             )
+        if isinstance(model, Combined):  # (model, layer): the whole model's target output
+            size, channels = tuple(inputs.shape[-2:]), inputs.shape[1]
+            runs = [
+                (model, f"backbones.{i}.{default_cam_layer(backbone, None, size, channels)}")
+                for i, backbone in enumerate(model.backbones)
+            ]
+        else:  # through the wrapper: a member may itself be a combined model
+            runs = [(member, None) for member in model.members]
         maps = []
-        for member in model.members:
-            result = compute(member, inputs, targets, *args, cam_layer=None, **kwargs)
+        for member, layer in runs:
+            run = compute if isinstance(model, Combined) else wrapper
+            result = run(member, inputs, targets, *args, cam_layer=layer, **kwargs)
             if isinstance(result, torch.Tensor):
                 result = result.detach().float().cpu().numpy()
             maps.append(np.asarray(result, dtype=np.float32))
@@ -740,6 +755,270 @@ def _surrogate(kind: str):
     return compute
 
 
+# --- shap -----------------------------------------------------------------------------------
+
+# What a shap_partition masker puts where a feature is hidden (shap.maskers.Image): a box
+# blur of the original image (the default: a hidden pixel's value depends on no other
+# feature's state, so a pixel the model ignores gets no credit), black (the baseline of
+# captum's occlusion, LIME and Kernel SHAP), or inpainting from the visible pixels (cv2
+# Telea or Navier-Stokes), which makes hidden pixels depend on visible ones elsewhere (on
+# four BreastMNIST images, 32-91 % of the map of a model that sees one quadrant fell
+# outside it: tests/unit/test_shap_methods.py, config/README.md "shap methods").
+SHAP_MASKERS = ("blur", "black", "inpaint_telea", "inpaint_ns")
+# shap_gradient's background (the reference images expected gradients integrate from).
+SHAP_BACKGROUNDS = ("blurred", "black", "noise")
+# Seed of the tie-breaking draws of shap's Partition explainer (the method is otherwise
+# deterministic; the maps do not depend on the run's seed).
+PARTITION_TIE_SEED = 0
+
+
+def _import_shap() -> types.ModuleType:
+    """The shap package, without the notices its import raises about matplotlib's colormap
+    API (shap.plots.colors, PendingDeprecationWarning with matplotlib 3.11)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=PendingDeprecationWarning, module=r"shap\.")
+        import shap  # here, not at the top: heavy (numba, matplotlib), only its methods need it
+    return shap
+
+
+def _positive_int(method: str, key: str, value, minimum: int = 1) -> int:
+    """``value`` as an int, or a ValueError naming ``attribute.params.<method>.<key>``."""
+    number = isinstance(value, (int, float, np.integer, np.floating))
+    if not number or isinstance(value, bool) or not float(value).is_integer() or value < minimum:
+        raise ValueError(
+            f"attribute.params.{method}.{key} is {value!r}; it must be an integer >= {minimum}."
+        )
+    return int(value)
+
+
+class _TargetOutput(nn.Module):
+    """``model(x)[:, [target]]``: the one output the other methods attribute (the logit; an
+    ensemble's log mean probability, or logit of the mean sigmoid), as a single-output
+    model for shap.GradientExplainer, which otherwise explains every class."""
+
+    def __init__(self, model: nn.Module, target: int) -> None:
+        super().__init__()
+        self.model, self.target = model, int(target)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)[:, self.target : self.target + 1]
+
+
+def _target_output_of_images(
+    model: nn.Module, target: int, batch_size: int, device: torch.device
+) -> Callable[[np.ndarray], np.ndarray]:
+    """shap's model function for images in its layout, floats (M, H, W, C) on the 0..255
+    scale of the uint8 images: ``model(x)[:, target]`` (M,) as float64, with the inputs
+    scaled as ``images_to_tensor`` does, ``batch_size`` images per forward pass."""
+
+    def output(images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images, dtype=np.float32)
+        parts = [np.zeros(0)]
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                x = torch.as_tensor(images[start : start + batch_size], device=device)
+                x = x.permute(0, 3, 1, 2).div(255.0).sub(0.5).div(0.5)
+                parts.append(model(x)[:, target].double().cpu().numpy())
+        return np.concatenate(parts)
+
+    return output
+
+
+def _shap_partition(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    masker: str = "blur",
+    blur_kernel: int | None = None,
+    max_evals: int = 500,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """shap's Partition explainer (Owen values over shap.maskers.Image's hierarchy of
+    axis-aligned halvings of the image, channels included) per image, with ``max_evals``
+    model evaluations, ``batch_size`` masked images per forward pass. Hidden features are
+    filled as ``masker`` says (``SHAP_MASKERS``; ``blur``: a box blur of ``blur_kernel`` px,
+    None: half the shorter image side, as shap's ImageNet example's blur(128,128) at 224 px).
+    A group the budget does not split shares its value evenly among its pixels, so the map
+    sums to f(x) - f(every feature hidden). Deterministic: shap's only random draw breaks
+    ties between equally important groups in its queue (np.random), seeded with
+    ``PARTITION_TIE_SEED`` for every image."""
+    shap = _import_shap()
+
+    if masker not in SHAP_MASKERS:
+        raise ValueError(
+            f"attribute.params.shap_partition.masker: unknown value {masker!r}; "
+            f"allowed: {', '.join(SHAP_MASKERS)}."
+        )
+    max_evals = _positive_int("shap_partition", "max_evals", max_evals, 3)
+    batch_size = _positive_int("shap_partition", "batch_size", batch_size)
+    height, width = inputs.shape[-2:]
+    if masker == "blur":
+        side = min(height, width) // 2 if blur_kernel is None else blur_kernel
+        side = _positive_int("shap_partition", "blur_kernel", side)
+        mask_value = f"blur({side},{side})"
+    else:
+        mask_value = 0.0 if masker == "black" else masker  # 0: black on the uint8 scale
+    images = np.moveaxis(_to_uint8(inputs), 1, -1).astype(np.float32)  # shap's (H, W, C)
+    maps = []
+    for image, target in zip(images, _int_targets(targets), strict=True):
+        # A masker per image: the Image masker caches its blurred image by id(image), and
+        # a freed image's id can come back for the next one.
+        explainer = shap.explainers.Partition(
+            _target_output_of_images(model, target, batch_size, inputs.device),
+            shap.maskers.Image(mask_value, image.shape),
+        )
+        with _seeded(PARTITION_TIE_SEED, inputs.device):
+            explanation = explainer(
+                image[None], max_evals=max_evals, batch_size=batch_size, silent=True
+            )
+        values = np.asarray(explanation.values, dtype=np.float64).reshape(image.shape)
+        maps.append(values.sum(axis=-1))
+    return np.asarray(maps, dtype=np.float32).reshape(len(images), height, width)
+
+
+def _shap_background(x: torch.Tensor, background: str, n_baselines: int) -> torch.Tensor:
+    """shap_gradient's reference images for one image ``x`` (1, C, H, W) in model space.
+
+    ``blurred``: ``n_baselines`` Gaussian blurs of the image (sigma from a quarter of the
+    shorter side down to 1 px, geometrically): reference images that keep the image's
+    coarse anatomy and intensity, the nearest to "training-like" images a map can use
+    without depending on other images. ``black``: the black image alone (expected
+    gradients then estimate Integrated Gradients from black). ``noise``: the black image
+    and ``n_baselines - 1`` images of uniform noise over the input range, drawn from the
+    seeded torch generator (captum's gradient_shap distribution)."""
+    from scipy.ndimage import gaussian_filter
+
+    if background == "black":
+        return torch.full_like(x, BLACK)
+    if background == "noise":
+        noise = torch.rand((n_baselines - 1, *x.shape[1:]), device=x.device)
+        return torch.cat([torch.full_like(x, BLACK), noise * 2 - 1])
+    image = x[0].detach().float().cpu().numpy()
+    sigmas = np.geomspace(max(1.0, min(image.shape[1:]) / 4), 1.0, n_baselines)
+    blurred = [gaussian_filter(image, sigma=(0, s, s), mode="reflect") for s in sigmas]
+    return torch.as_tensor(np.stack(blurred), dtype=x.dtype, device=x.device)
+
+
+def _shap_gradient(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    seeds: Sequence[int],
+    background: str = "blurred",
+    n_baselines: int = 8,
+    n_samples: int = 64,
+    local_smoothing: float = 0.0,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """shap.GradientExplainer (expected gradients) per image on the model's target output:
+    the mean over ``n_samples`` draws of a reference image (``_shap_background``) and a
+    point on the path to the image of gradient x (image - reference), ``batch_size``
+    draws per forward+backward pass and per call of shap (which holds all of a call's draws
+    in memory); ``local_smoothing``: the standard deviation of
+    Gaussian noise added to the image (model-input units, 0: none). Draws from the image's
+    seed."""
+    shap = _import_shap()
+
+    if background not in SHAP_BACKGROUNDS:
+        raise ValueError(
+            f"attribute.params.shap_gradient.background: unknown value {background!r}; "
+            f"allowed: {', '.join(SHAP_BACKGROUNDS)}."
+        )
+    n_baselines = _positive_int("shap_gradient", "n_baselines", n_baselines)
+    if not float(local_smoothing) >= 0:
+        raise ValueError(
+            f"attribute.params.shap_gradient.local_smoothing is {local_smoothing!r}; it must "
+            "be a standard deviation >= 0 (model-input units)."
+        )
+    n_samples = _positive_int("shap_gradient", "n_samples", n_samples)
+    batch_size = _positive_int("shap_gradient", "batch_size", batch_size)
+    maps = []
+    for image, target, seed in zip(inputs.detach(), _int_targets(targets), seeds, strict=True):
+        x = image.unsqueeze(0)
+        total = np.zeros(x.shape[1:], dtype=np.float64)
+        with _seeded(seed, x.device):
+            references = _shap_background(x, background, n_baselines).detach()
+            explainer = shap.GradientExplainer(
+                _TargetOutput(model, target),
+                references,
+                batch_size=batch_size,
+                local_smoothing=float(local_smoothing),
+            )
+            # shap holds all nsamples draws at once: chunks of batch_size bound the memory
+            chunks = range(0, n_samples, batch_size)
+            chunk_seeds = np.random.randint(0, 2**32, size=len(chunks), dtype=np.int64)
+            for start, chunk_seed in zip(chunks, chunk_seeds, strict=True):
+                k = min(batch_size, n_samples - start)
+                # rseed: shap reseeds NumPy's global generator with it; _seeded restores it
+                values = explainer.shap_values(x, nsamples=k, rseed=int(chunk_seed))
+                total += np.asarray(values, dtype=np.float64).reshape(x.shape[1:]) * k
+        model.zero_grad(set_to_none=True)
+        maps.append((total / n_samples).sum(axis=0))
+    return np.asarray(maps, dtype=np.float32).reshape(len(inputs), *inputs.shape[-2:])
+
+
+def _target_output_of_coalitions(
+    model: nn.Module, image: torch.Tensor, pixel_segment: np.ndarray, target: int, batch_size: int
+) -> Callable[[np.ndarray], np.ndarray]:
+    """shap_kernel's model function: coalitions (M, superpixels), 0/1 per superpixel, to the
+    target output (M,) float64 of ``image`` (C, H, W) with the superpixels outside each
+    coalition black; ``pixel_segment`` holds each pixel's superpixel (H * W)."""
+    flat = image.reshape(image.shape[0], -1)
+    where = torch.as_tensor(pixel_segment, device=image.device)
+    black = torch.full_like(flat, BLACK)
+
+    def output(coalitions: np.ndarray) -> np.ndarray:
+        keep = torch.as_tensor(np.asarray(coalitions) > 0.5, device=image.device)
+        parts = [np.zeros(0)]
+        with torch.no_grad():
+            for start in range(0, len(keep), batch_size):
+                shown = keep[start : start + batch_size][:, where].unsqueeze(1)
+                x = torch.where(shown, flat, black).reshape(len(shown), *image.shape)
+                parts.append(model(x)[:, target].double().cpu().numpy())
+        return np.concatenate(parts)
+
+    return output
+
+
+def _shap_kernel(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    seeds: Sequence[int],
+    n_samples: int = 128,
+    batch_size: int = 64,
+    n_segments: int = 49,
+    compactness: float = 0.1,
+) -> np.ndarray:
+    """shap.KernelExplainer per image over the SLIC superpixels captum's kernel_shap uses
+    (``superpixels``), a hidden superpixel black; ``n_samples`` coalitions sampled from
+    the image's seed, ``batch_size`` images per forward pass. Unlike captum's KernelShap,
+    shap enumerates the small and large coalitions first, pairs each sample with its
+    complement and constrains the values to add up to f(x) - f(black) exactly. No L1
+    feature selection (shap's default keeps 10 superpixels): every superpixel gets a
+    value, as in captum's kernel_shap. Each pixel shows its superpixel's value."""
+    shap = _import_shap()
+
+    n_samples = _positive_int("shap_kernel", "n_samples", n_samples, 2)
+    batch_size = _positive_int("shap_kernel", "batch_size", batch_size)
+    segments = superpixels(inputs, n_segments, compactness)[:, 0].cpu().numpy()
+    maps = []
+    for image, target, seed, segment in zip(
+        inputs.detach(), _int_targets(targets), seeds, segments, strict=True
+    ):
+        _, pixel_segment = np.unique(segment.reshape(-1), return_inverse=True)
+        n_features = int(pixel_segment.max()) + 1
+        output = _target_output_of_coalitions(model, image, pixel_segment, target, batch_size)
+        explainer = shap.KernelExplainer(output, np.zeros((1, n_features)))
+        with _seeded(seed, image.device):
+            values = explainer.shap_values(
+                np.ones((1, n_features)), nsamples=n_samples, l1_reg=False, silent=True
+            )
+        values = np.asarray(values, dtype=np.float64).reshape(n_features)
+        maps.append(values[pixel_segment].reshape(image.shape[1:]))
+    return np.asarray(maps, dtype=np.float32).reshape(len(inputs), *inputs.shape[-2:])
+
+
 # --- pytorch-grad-cam -----------------------------------------------------------------------
 
 
@@ -876,6 +1155,14 @@ SURROGATE_DEFAULTS = {
     "compactness": 0.1,
 }
 
+# shap_kernel samples and segments as captum's kernel_shap does, so the two compare.
+SHAP_KERNEL_DEFAULTS = {
+    "n_samples": SURROGATE_DEFAULTS["n_samples"],
+    "batch_size": SURROGATE_DEFAULTS["perturbations_per_eval"],
+    "n_segments": SURROGATE_DEFAULTS["n_segments"],
+    "compactness": SURROGATE_DEFAULTS["compactness"],
+}
+
 METHODS: dict[str, SaliencyMethod] = {
     # captum, gradients
     "saliency": SaliencyMethod(
@@ -966,6 +1253,46 @@ METHODS: dict[str, SaliencyMethod] = {
         defaults=dict(SURROGATE_DEFAULTS),
         stochastic=True,
     ),
+    # shap (its Partition explainer has no captum equivalent)
+    "shap_partition": SaliencyMethod(
+        library="shap",
+        signed=True,
+        channel_reduction=(
+            SIGNED_SUM + " (the hierarchy splits channels too; the map sums to f(x) - "
+            "f(every pixel masked))"
+        ),
+        compute=_shap_partition,
+        defaults={
+            "masker": "blur",
+            "blur_kernel": None,
+            "max_evals": 500,
+            "batch_size": 64,
+        },
+        choices={"masker": SHAP_MASKERS},
+    ),
+    "shap_gradient": SaliencyMethod(
+        library="shap",
+        signed=True,
+        channel_reduction=SIGNED_SUM + " (completeness holds in expectation)",
+        compute=_shap_gradient,
+        defaults={
+            "background": "blurred",
+            "n_baselines": 8,
+            "n_samples": 64,
+            "local_smoothing": 0.0,
+            "batch_size": 64,
+        },
+        stochastic=True,
+        choices={"background": SHAP_BACKGROUNDS},
+    ),
+    "shap_kernel": SaliencyMethod(
+        library="shap",
+        signed=True,
+        channel_reduction=CHANNEL_MEAN,
+        compute=_shap_kernel,
+        defaults=dict(SHAP_KERNEL_DEFAULTS),
+        stochastic=True,
+    ),
     # pytorch-grad-cam
     **{
         name: SaliencyMethod(
@@ -1054,11 +1381,15 @@ def model_method_params(
     name: str, params: dict | None, model: nn.Module, image_size: int | tuple[int, int]
 ) -> dict:
     """``method_params`` for a trained ``model``: a CAM method's default layer is the
-    model's ``default_cam_layer`` at ``image_size``; an ``Ensemble`` gets None, so each
-    member's CAM uses the member's own default layer."""
+    model's ``default_cam_layer`` at ``image_size``; an ``Ensemble`` or ``Combined`` model
+    gets None, so each member's (backbone's) CAM uses its own default layer."""
     cam_layer = None
     configured = "cam_layer" in (params or {})
-    if get_method(name).uses_cam_layer and not configured and not isinstance(model, Ensemble):
+    if (
+        get_method(name).uses_cam_layer
+        and not configured
+        and not isinstance(model, Ensemble | Combined)
+    ):
         cam_layer = default_cam_layer(model, image_size=image_size)
     return method_params(name, params, cam_layer)
 
@@ -1265,18 +1596,20 @@ def trained_models_by_fold(
     image_size: int,
     device: torch.device | str,
     weights: str | None = None,
+    train: dict | None = None,
 ) -> Iterator[tuple[int, nn.Module]]:
     """(fold, trained model) one fold at a time, so a fold's work is done before the next
-    model loads; an ensemble (``members``, from train.ensembles) loads every member's file."""
+    model loads; an ensemble (``members``, from train.ensembles) loads every member's file.
+    ``train``: the config's train section, from which each model's resolved settings (a
+    variant's base architecture, weights and head) are taken (``models.load_trained_model``).
+    """
     ensembles = {arch: list(members)} if members else {}
     for fold, fold_paths in models_by_fold(paths, folds, members):
         model_paths = fold_paths if members else fold_paths[0]
-        yield (
-            fold,
-            load_trained_model(
-                model_paths, arch, info, image_size, device, ensembles, weights=weights
-            ),
+        model = load_trained_model(
+            model_paths, arch, info, image_size, device, ensembles, weights, train
         )
+        yield fold, model
 
 
 def attribute_clean(

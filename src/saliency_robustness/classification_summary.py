@@ -51,8 +51,8 @@ def prediction_arrays(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.nd
     """(labels, predicted, probabilities) of predictions rows: (n,), (n,), (n, C) for
     single-label tables; (n, L) 0/1, (n, L) 0/1, (n, L) for multi-label ones."""
     probabilities = np.stack(rows["probabilities"].to_numpy()).astype(np.float64)
-    if is_multi_label_table(rows):
-        labels = np.stack(rows["labels"].to_numpy()).astype(bool)
+    if is_multi_label_table(rows):  # int8: 1, 0 and -1 (uncertain, own data)
+        labels = np.stack(rows["labels"].to_numpy()).astype(np.int8)
         predicted = np.stack(rows["predicted_labels"].to_numpy()).astype(bool)
     else:
         labels = rows["label"].to_numpy().astype(int)
@@ -112,13 +112,15 @@ def _single_label_metrics(labels, predicted, probabilities, weights, names) -> n
 
 
 def _multi_label_metrics(labels, predicted, probabilities, weights, names) -> dict:
-    """Per-label (R, L) binary metrics of a multi-label task."""
-    truth, guess = labels.astype(np.float64), predicted.astype(np.float64)
-    total = weights.sum(axis=1)[:, None]
+    """Per-label (R, L) binary metrics of a multi-label task, each label over the images
+    where it is certain (an uncertain entry, -1, counts neither as positive nor negative)."""
+    known = (labels != -1).astype(np.float64)
+    truth, guess = (labels == 1).astype(np.float64), predicted.astype(np.float64) * known
+    total = weights @ known
     positive, predicted_positive = weights @ truth, weights @ guess
     negative = total - positive
     true_positive = weights @ (truth * guess)
-    true_negative = weights @ ((1 - truth) * (1 - guess))
+    true_negative = weights @ ((1 - truth) * (1 - guess) * known)
     out = {
         "acc": _ratio(true_positive + true_negative, total, np.nan),
         "balanced_acc": np.where(
@@ -133,7 +135,7 @@ def _multi_label_metrics(labels, predicted, probabilities, weights, names) -> di
     if "auc" in names:
         out["auc"] = np.stack(
             [
-                weighted_auroc(labels[:, j], probabilities[:, j], weights)
+                weighted_auroc(labels[:, j] == 1, probabilities[:, j], weights * known[:, j])
                 for j in range(labels.shape[1])
             ],
             axis=1,

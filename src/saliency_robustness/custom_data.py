@@ -1,8 +1,10 @@
 """Datasets that are not MedMNIST: your own image folder + CSV, or the synthetic lesion set.
 
 Both become the same npz contract as a MedMNIST file (``{split}_images`` uint8 (N, H, W) or
-(N, H, W, 3), ``{split}_labels`` uint8 (N, 1) or (N, L) 0/1 for multi-label) plus, where the
-dataset has lesion masks, ``{split}_masks`` uint8 0/1 (N, H, W) and ``{split}_has_mask``
+(N, H, W, 3), ``{split}_labels`` uint8 (N, 1) or (N, L) 0/1 for multi-label, int8 with -1
+for uncertain entries where a multi-label CSV has any: see ``labels``) plus, where the
+dataset has lesion masks, ``{split}_masks`` uint8 levels (N, H, W; 0/1 for binary masks, see
+``mask_levels``) and ``{split}_has_mask``
 (bool, (N,): whether the row had a mask at all), and, where the CSV has a ``fold`` column,
 ``{split}_folds`` (int16, train and val rows). So every later stage reads custom data exactly
 like MedMNIST data.
@@ -12,9 +14,12 @@ Folder source: a CSV (``csv``, relative to ``root`` unless absolute) with column
 * ``path``: image file relative to ``root`` (PNG, JPEG or TIFF; DICOM is not supported: export
   it to PNG/TIFF first, e.g. with pydicom or dcm2niix);
 * ``label``: a name from ``labels``; for ``task: multi-label`` the names present, separated by
-  ``;`` (empty: none);
-* ``mask`` (optional): lesion mask file relative to ``root``, same size as the image, nonzero
-  = lesion; empty cells mean "no mask for this image";
+  ``;`` (empty: none), each optionally with a value: ``name:1``, ``name:0``, or ``name:-1`` for
+  uncertain (CheXpert's -1; single-label tasks reject it);
+* ``mask`` (optional): lesion mask file relative to ``root``, same size as the image: binary
+  (0 and one other value, e.g. 0/255: nonzero = lesion) or a layer map of levels (0
+  background, 1 lesion, 2 the layer around or below it, ...; see ``mask_levels``); empty cells
+  mean "no mask for this image";
 * ``split`` (optional): ``train``, ``val`` or ``test`` for every row; without it a seeded,
   stratified ``test_fraction`` of the rows becomes the test split and the rest train;
 * ``fold`` (optional): 0..k-1 for train/val rows, used instead of the stratified folds.
@@ -41,11 +46,21 @@ from saliency_robustness.data import (
     resolve_spec,
 )
 from saliency_robustness.data import custom_info as custom_info  # re-export
+from saliency_robustness.labels import (
+    ENTRY_SEPARATOR,
+    label_array,
+    parse_multi_label_cell,
+    single_label_uncertain_error,
+)
 
 SOURCES = ("folder", "synthetic")
 TASKS = ("binary-class", "multi-class", "multi-label")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-MULTI_LABEL_SEPARATOR = ";"
+# Lossy files cannot keep levels exactly: their masks are binary (nonzero = lesion), as before.
+LOSSY_SUFFIXES = (".jpg", ".jpeg")
+# A mask whose values are all whole numbers 0..MAX_MASK_LEVEL holds the levels directly.
+MAX_MASK_LEVEL = 15
+MULTI_LABEL_SEPARATOR = ENTRY_SEPARATOR
 
 
 def custom_specs(data_config: Mapping | None) -> dict[str, dict]:
@@ -93,13 +108,13 @@ def _row_name(csv: Path, index: int, row: Mapping) -> str:
 
 
 def _parse_labels(cell: str, names: list[str], task: str) -> np.ndarray | str:
-    """Label row of one CSV cell, or an error message."""
+    """Label row of one CSV cell, or an error message. Multi-label rows are int8 with
+    ``labels.UNCERTAIN`` (-1) for ``name:-1`` entries (see saliency_robustness.labels)."""
     if task == "multi-label":
-        parts = [p.strip() for p in cell.split(MULTI_LABEL_SEPARATOR) if p.strip()]
-        unknown = [p for p in parts if p not in names]
-        if unknown:
-            return f"unknown label(s) {unknown}; valid labels: {', '.join(names)}"
-        return np.array([name in parts for name in names], dtype=np.uint8)
+        return parse_multi_label_cell(cell, names)
+    uncertain = single_label_uncertain_error(cell, names, task)
+    if uncertain:
+        return uncertain
     if cell.strip() not in names:
         return f"unknown label '{cell}'; valid labels: {', '.join(names)}"
     return np.array([names.index(cell.strip())], dtype=np.uint8)
@@ -168,6 +183,11 @@ def spec_errors(name: str, spec: Mapping, k: int | None = None) -> list[str]:
         return [f"{where}.task must be one of {', '.join(TASKS)}."]
     if spec["channels"] not in (1, 3):
         return [f"{where}.channels must be 1 (grayscale) or 3 (RGB)."]
+    if spec["source"] == "folder" and spec.get("ring_width"):
+        return [
+            f"{where}.ring_width applies to the synthetic source only; for own data draw the "
+            "layers into the mask files as levels (config/README.md) and remove ring_width."
+        ]
     if spec["source"] == "synthetic":
         return []
     missing = [key for key in ("root", "csv", "labels") if not spec.get(key)]
@@ -219,18 +239,63 @@ def _load_image(path: Path, size: int, channels: int, where: str) -> tuple[np.nd
     return np.asarray(image, dtype=np.uint8), original
 
 
+def _mask_values(mask: Image.Image) -> np.ndarray:
+    """One number per pixel: a palette image's palette index (label-map PNGs store the
+    level there), the stored value of grayscale and 16-bit/float images, and the luminance
+    of colour images (as before multi-level masks)."""
+    if mask.mode in ("P", "1", "L", "I", "I;16", "I;16B", "I;16L", "F"):
+        return np.asarray(mask)
+    return np.asarray(mask.convert("I"))
+
+
+def mask_levels(values: np.ndarray, name: str) -> np.ndarray:
+    """uint8 mask levels (0 background, 1 lesion, 2, ... outer layers) of a lossless mask
+    image's values (``_mask_values``). The rule, per mask:
+
+    * every value a whole number 0..``MAX_MASK_LEVEL``: the values are the levels (a 0/1
+      mask is binary; 0/2 marks layer 2 only);
+    * otherwise 0 and exactly one other value (0/255, 0/65535, ...): binary, that value is
+      level 1 (a mask without 0 is lesion everywhere);
+    * anything else (several values above ``MAX_MASK_LEVEL``, fractions, negative values) is
+      ambiguous and raises ``ValueError`` naming ``name`` and the fix.
+    """
+    values = np.asarray(values)
+    distinct = np.unique(values)
+    whole = bool(np.all(np.isfinite(distinct))) and np.array_equal(distinct, np.round(distinct))
+    if whole and distinct.min(initial=0) >= 0 and distinct.max(initial=0) <= MAX_MASK_LEVEL:
+        return values.astype(np.uint8)
+    if len(distinct[distinct != 0]) == 1:
+        return (values != 0).astype(np.uint8)
+    shown = ", ".join(f"{v:g}" for v in distinct[:6]) + (", ..." if len(distinct) > 6 else "")
+    raise ValueError(
+        f"mask {name} has {len(distinct)} distinct values ({shown}): neither binary (0 and one "
+        f"other value, e.g. 0/255) nor levels (whole numbers 0..{MAX_MASK_LEVEL}: 0 background, "
+        "1 lesion, 2 the layer around it, ...). Save a binary mask with a single foreground "
+        "value, or a layer map with each pixel's level as its value (8-bit grayscale or "
+        "palette PNG, no anti-aliasing)."
+    )
+
+
 def _load_mask(path: Path, size: int, image_size: tuple, where: str) -> np.ndarray:
-    """Binary mask (nonzero = lesion) resized with nearest neighbour so it stays binary."""
+    """Mask levels (``mask_levels``; JPEG masks binary, nonzero = lesion) resized with
+    nearest neighbour so that every pixel keeps a level."""
     mask = _open(path, where, "mask")
     if mask.size != image_size:
         raise DataError(
             f"{where}: mask {path.name} is {mask.size[0]}x{mask.size[1]} px but the image is "
             f"{image_size[0]}x{image_size[1]} px; masks must have the image's size."
         )
-    binary = Image.fromarray((_to_uint8(np.asarray(mask.convert("I"))) > 0).astype(np.uint8))
-    if binary.size != (size, size):
-        binary = binary.resize((size, size), Image.Resampling.NEAREST)
-    return np.asarray(binary, dtype=np.uint8)
+    if path.suffix.lower() in LOSSY_SUFFIXES:  # compression noise: binary, as before levels
+        levels = (_to_uint8(np.asarray(mask.convert("I"))) > 0).astype(np.uint8)
+    else:
+        try:
+            levels = mask_levels(_mask_values(mask), path.name)
+        except ValueError as error:
+            raise DataError(f"{where}: {error}") from None
+    image = Image.fromarray(levels)
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.NEAREST)
+    return np.asarray(image, dtype=np.uint8)
 
 
 def _assign_splits(table: pd.DataFrame, labels: np.ndarray, fraction: float, seed: int) -> list:
@@ -274,7 +339,7 @@ def build_folder_dataset(spec: Mapping, size: int, seed: int = 0) -> dict[str, n
                 if cell
                 else np.zeros((size, size), np.uint8)
             )
-    labels_array = np.stack(labels)
+    labels_array = label_array(labels)  # int8 with -1 only where a label is uncertain
     splits = np.array(_assign_splits(table, labels_array, spec["test_fraction"], seed))
     image_shape = (size, size) if channels == 1 else (size, size, 3)
     out: dict[str, np.ndarray] = {}
@@ -306,7 +371,14 @@ def build_custom_dataset(spec: Mapping, size: int, seed: int = 0) -> dict[str, n
     if spec["source"] == "synthetic":
         from saliency_robustness.synthetic import make_synthetic
 
-        arrays = make_synthetic(spec["splits"], size, spec["channels"], seed, spec["task"])
+        arrays = make_synthetic(
+            spec["splits"],
+            size,
+            spec["channels"],
+            seed,
+            spec["task"],
+            ring_width=int(spec.get("ring_width") or 0),
+        )
         for split in SPLITS:  # every synthetic image has a (possibly empty) mask
             arrays[f"{split}_has_mask"] = np.ones(len(arrays[f"{split}_images"]), dtype=bool)
         return arrays

@@ -6,10 +6,12 @@ import hashlib
 import http.client
 import logging
 import os
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -316,10 +318,11 @@ def local_medmnist_file(flag: str, size: int, mirror: str | None = None) -> Path
 
 
 def _fold_strata(labels: np.ndarray) -> np.ndarray:
-    """The class each image is stratified by: its label, or a multi-label set's first label."""
+    """The class each image is stratified by: its label, or a multi-label set's first label
+    (an uncertain first label, -1 in own data, counts with the absent ones)."""
     labels = np.asarray(labels)
     strata = labels[:, 0] if labels.ndim == 2 else labels
-    return strata.astype(int)
+    return np.maximum(strata.astype(int), 0)
 
 
 def rarest_class_count(path: str | os.PathLike) -> int:
@@ -421,6 +424,18 @@ def fold_split(
         "val": (images[is_val], labels[is_val]),
         "test": (arrays["test_images"], arrays["test_labels"]),
     }
+
+
+def folds_in_paths(paths: Sequence[str]) -> list[int]:
+    """The folds of per-fold files (``.../fold<k>/...``), ascending and without repeats: an
+    attribution job's folds are those of its model files, so they need no params."""
+    folds = set()
+    for path in paths:
+        match = re.search(r"(?:^|/)fold(\d+)/", str(path))
+        if match is None:
+            raise ValueError(f"{path} is not a per-fold file (no fold<k>/ folder in its path).")
+        folds.add(int(match[1]))
+    return sorted(folds)
 
 
 def load_perturbed(paths: list[str]) -> dict[str, tuple[list[int], np.ndarray]]:

@@ -5,7 +5,9 @@ Two kinds of task (MedMNIST's ``INFO[flag]["task"]``):
 * single-label (``binary-class``, ``multi-class``, and ``ordinal-regression``, which is
   treated as multi-class as the MedMNIST v2 paper does): softmax outputs, one class per image;
 * multi-label (``multi-label, binary-class``, e.g. ChestMNIST's 14 findings, and the synthetic
-  generator's ``multi-label``): one sigmoid output per label, labels an (N, L) 0/1 array.
+  generator's ``multi-label``): one sigmoid output per label, labels an (N, L) 0/1 array; own
+  data may hold -1 (``labels.UNCERTAIN``) for uncertain entries, which every metric leaves
+  out per label.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from sklearn import metrics as skm
 from torch import nn
 
+from saliency_robustness.labels import UNCERTAIN, certain
 from saliency_robustness.models import images_to_tensor
 
 METRIC_NAMES = ("acc", "balanced_acc", "auc", "precision", "recall", "f1")
@@ -53,20 +56,30 @@ def predict_proba(
 
 
 def multi_label_array(labels: np.ndarray, n_labels: int) -> np.ndarray:
-    """Labels as an (N, L) int 0/1 array; a clear error for any other shape or value."""
+    """Labels as an (N, L) int array of 0 and 1, and -1 (``labels.UNCERTAIN``) where own data
+    marks a label uncertain; a clear error for any other shape or value."""
     labels = np.asarray(labels)
     if labels.ndim != 2 or labels.shape[1] != n_labels:
         raise ValueError(
             f"Multi-label data needs labels of shape (N, {n_labels}), got {labels.shape}; "
             "check the dataset's task and label columns."
         )
-    if not np.isin(labels, (0, 1)).all():
-        raise ValueError("Multi-label labels must be 0 or 1; check the dataset's label columns.")
+    if not np.isin(labels, (0, 1, UNCERTAIN)).all():
+        raise ValueError(
+            "Multi-label labels must be 0 or 1 (or -1: uncertain); check the dataset's label "
+            "columns."
+        )
     return labels.astype(int)
 
 
 def _binary_scores(truth: np.ndarray, probability: np.ndarray) -> dict[str, float]:
-    """The metrics of one label of a multi-label task, as a binary problem."""
+    """The metrics of one label of a multi-label task, as a binary problem on the images
+    whose label is certain (uncertain ones, -1, count neither as positive nor as negative);
+    all NaN where no image has a certain value."""
+    kept = certain(truth)
+    truth, probability = truth[kept], probability[kept]
+    if not len(truth):
+        return dict.fromkeys(METRIC_NAMES, np.nan)
     predicted = (probability > MULTI_LABEL_THRESHOLD).astype(int)
     auc = float(skm.roc_auc_score(truth, probability)) if len(np.unique(truth)) == 2 else np.nan
     return {
@@ -85,8 +98,10 @@ def per_label_metrics(labels: np.ndarray, probabilities: np.ndarray) -> pd.DataF
     """Multi-label: one row per label (index ``label_index``) with ``METRIC_NAMES``.
 
     Each label is scored as a binary problem on its sigmoid probability, predicted present
-    when the probability exceeds ``MULTI_LABEL_THRESHOLD``. AUC and balanced ACC are NaN for
-    a label with only one value in ``labels`` (undefined there).
+    when the probability exceeds ``MULTI_LABEL_THRESHOLD``, over the images where that label
+    is certain (an uncertain entry, -1, is left out of that label's metrics only). AUC and
+    balanced ACC are NaN for a label with only one certain value in ``labels`` (absent from
+    the test set, or present in every image: undefined there).
     """
     labels = multi_label_array(labels, probabilities.shape[1])
     rows = [
@@ -109,7 +124,9 @@ def classification_metrics(
     labels of each label's binary metric (``per_label_metrics``), i.e. macro AUC and macro
     precision/recall/F1; ACC is MedMNIST's label-wise accuracy at threshold 0.5 (not the
     exact match of the whole label vector). Labels whose AUC or balanced ACC is undefined
-    (one value only) are left out of that mean; NaN if no label has it defined.
+    (no certain positive or no certain negative image) are left out of that mean, so the
+    macro AUC averages exactly the labels present in ``labels`` with both values; NaN if no
+    label has it defined. Uncertain entries (-1) are left out per label.
     """
     if multi_label:
         table = per_label_metrics(labels, probabilities)
@@ -172,7 +189,8 @@ def prediction_rows(
     """Per-image prediction table for one (perturbation, severity).
 
     Single-label: ``label`` and ``predicted`` (argmax). Multi-label: ``labels`` and
-    ``predicted_labels`` instead, 0/1 vectors (predicted present above the threshold).
+    ``predicted_labels`` instead, 0/1 vectors (predicted present above the threshold);
+    ``labels`` keeps -1 for an uncertain label of own data.
     """
     keys = {
         "perturbation": perturbation,

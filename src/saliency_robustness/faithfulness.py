@@ -2,9 +2,13 @@
 
 Per image (clean or perturbed) and its stored map:
 
-- confidence change when the image is darkened by the map (pytorch-grad-cam's
-  ``CamMultImageConfidenceChange``; ``drop_in_confidence`` and ``increase_in_confidence`` as in
-  its ``DropInConfidence`` / ``IncreaseInConfidence``),
+- confidence change by two covering modes (``analysis.faithfulness.covering``): ``darken``,
+  the image darkened by the map (pytorch-grad-cam's ``CamMultImageConfidenceChange``;
+  ``drop_in_confidence`` and ``increase_in_confidence`` as in its ``DropInConfidence`` /
+  ``IncreaseInConfidence``: the salient pixels are kept, so a small drop is faithful), and
+  ``binary_mask``, the pixels whose normalised map is >= ``binary_threshold`` set to black
+  (the same columns with the suffix ``_binary_mask``: the salient pixels are removed, so a
+  large drop is faithful),
 - deletion and insertion curves (Petsiuk et al. 2018) of the target's probability (softmax;
   sigmoid for multi-label) as the most salient pixels are removed (set to black) or inserted
   into a black image, with their area under the curve,
@@ -46,6 +50,9 @@ from saliency_robustness.statistics import (
 
 log = logging.getLogger(__name__)
 
+# Confidence-change covering modes and the suffix of their columns.
+COVERING = {"darken": "", "binary_mask": "_binary_mask"}
+
 
 @dataclass(frozen=True)
 class FaithfulnessSettings:
@@ -63,8 +70,21 @@ class FaithfulnessSettings:
     multi_label: bool = False  # sigmoid instead of softmax probabilities
     batch_size: int = 128
     seed: int = 0
+    covering: tuple[str, ...] = ("darken",)
+    binary_threshold: float = 0.5
 
     def __post_init__(self) -> None:
+        unknown = [mode for mode in self.covering if mode not in COVERING]
+        if unknown or not self.covering:
+            raise ValueError(
+                f"analysis.faithfulness.covering: unknown or no modes {unknown or '[]'}; "
+                f"list one or more of {', '.join(COVERING)}."
+            )
+        if not 0 < self.binary_threshold <= 1:
+            raise ValueError(
+                "analysis.faithfulness.binary_threshold must lie in (0, 1] (the normalised "
+                f"map's range), got {self.binary_threshold}."
+            )
         if self.steps < 1:
             raise ValueError(f"faithfulness steps must be >= 1, got {self.steps}.")
         if any(not 0 < p < 100 for p in self.road_percentiles):
@@ -185,6 +205,29 @@ def confidence_change(
     return metric(
         unit, cams, _probability_targets(targets), UnitRangeModel(probability_model(model))
     ).reshape(-1)
+
+
+def binary_mask_confidence_change(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    maps: np.ndarray,
+    targets: np.ndarray,
+    threshold: float,
+) -> np.ndarray:
+    """Change of the target's probability when the pixels (all channels) whose [0, 1] map
+    is >= ``threshold`` are set to black: after - before. pytorch-grad-cam's
+    ``CamMultImageConfidenceChange`` with the cam 1 - mask (the kept pixels), so both
+    covering modes share one implementation."""
+    keep = (maps < threshold).astype(np.float32)
+    return confidence_change(model, inputs, keep, targets)
+
+
+def _confidence_columns(change: np.ndarray, suffix: str) -> dict[str, np.ndarray]:
+    return {
+        f"confidence_change{suffix}": change.astype(np.float64),
+        f"drop_in_confidence{suffix}": np.maximum(-change, 0).astype(np.float64),
+        f"increase_in_confidence{suffix}": change > 0,
+    }
 
 
 def road_scores(
@@ -332,7 +375,15 @@ def faithfulness(
         deletion, insertion = deletion_insertion_curves(
             model, inputs, batch_maps, batch_targets, settings.steps
         )
-        change = confidence_change(model, inputs, batch_maps, batch_targets)
+        confidence = {}
+        if "darken" in settings.covering:
+            change = confidence_change(model, inputs, batch_maps, batch_targets)
+            confidence.update(_confidence_columns(change, COVERING["darken"]))
+        if "binary_mask" in settings.covering:
+            change = binary_mask_confidence_change(
+                model, inputs, batch_maps, batch_targets, settings.binary_threshold
+            )
+            confidence.update(_confidence_columns(change, COVERING["binary_mask"]))
         morf, lerf = road_scores(
             model, inputs, batch_maps, batch_targets, settings.road_percentiles, settings.seed
         )
@@ -353,9 +404,7 @@ def faithfulness(
         frames.append(
             pd.DataFrame(
                 {
-                    "confidence_change": change.astype(np.float64),
-                    "drop_in_confidence": np.maximum(-change, 0).astype(np.float64),
-                    "increase_in_confidence": change > 0,
+                    **confidence,
                     "deletion_auc": curve_auc(deletion),
                     "insertion_auc": curve_auc(insertion),
                     "road_morf": morf.astype(np.float64),
@@ -371,10 +420,15 @@ def faithfulness(
 
 
 # Scalar columns of ``faithfulness`` and whether larger means more faithful (for captions).
+# Covering by the binary mask removes the salient pixels, darkening keeps them: opposite
+# directions. Columns of modes not in ``covering`` are absent from the table.
 FAITHFULNESS_METRICS = {
     "confidence_change": None,
     "drop_in_confidence": False,
     "increase_in_confidence": True,
+    "confidence_change_binary_mask": None,
+    "drop_in_confidence_binary_mask": True,
+    "increase_in_confidence_binary_mask": False,
     "deletion_auc": False,
     "insertion_auc": True,
     "road_morf": False,

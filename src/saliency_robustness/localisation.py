@@ -10,7 +10,18 @@ Per map (clean and perturbed images), after the change metrics' normalisation (|
   (CheXlocalize-style thresholded IoU; k = ``metrics.top_k_percent``), tie-aware: pixels
   tied at the cut-off share the remaining mass (``metrics.top_k_weights``);
 * ``mask_fraction``: the mask's share of the image, the chance level of ``hit`` and ``energy``
-  for a map unrelated to the lesion.
+  for a map unrelated to the lesion;
+* ``graded_hit`` (the skin-ultrasound study's graded hit rate): the score of the mask level the
+  map's maximum falls in, by default 3 in the lesion (level 1), 2, 1 and 0 in the layers
+  around it (levels 2, 3, 4) and -1 in the background (config ``localisation``); pixels tied
+  at the maximum share it (the mean of their levels' scores; ``hit`` takes the first maximum
+  in row-major order, as quantus' pointing game); NaN for constant maps, as ``hit``;
+* ``graded_hit_chance``: the mean score over the image's pixels, the expected ``graded_hit``
+  of a map unrelated to the lesion.
+
+Masks are binary (0/1) or multi-level (0 background, 1 the lesion, 2 the layer around it,
+...; the synthetic set's ``ring_width`` and own-data level masks, custom_data.py). Every score
+but the graded hit rate treats all levels >= 1 as inside the mask.
 
 Perturbed images are scored against the clean image's mask. That is exact for intensity
 perturbations (noise, blur, contrast, bias field, ...), which do not move anatomy; motion and
@@ -23,6 +34,8 @@ saliency Parquet without the model; tests cross-check them with quantus.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import numpy as np
 import pandas as pd
 
@@ -30,25 +43,96 @@ from saliency_robustness.metrics import normalise_maps, top_k_weights
 from saliency_robustness.statistics import HierarchicalBootstrap, weighted_mean, with_interval
 from saliency_robustness.tables import maps_from_table
 
-SCORES = {"hit": "pointing game", "energy": "energy pointing game", "iou": "top-k IoU"}
+SCORES = {
+    "hit": "pointing game",
+    "energy": "energy pointing game",
+    "iou": "top-k IoU",
+    "graded_hit": "graded hit rate",
+}
 KEYS = ["dataset", "arch", "fold", "method", "perturbation", "severity"]
+# Per-image columns of ``localisation`` that the summary averages.
+COLUMNS = ["hit", "energy", "iou", "dice", "mask_fraction", "graded_hit", "graded_hit_chance"]
+# The skin-ultrasound study's graded hit rate: 3 for the lesion (level 1), one less per outer
+# layer (levels 2, 3, 4), -1 for the background (config localisation.graded_hit_*).
+GRADED_HIT_SCORES = (3.0, 2.0, 1.0, 0.0)
+GRADED_HIT_BACKGROUND = -1.0
+
+
+def level_scores(
+    max_level: int,
+    scores: Sequence[float] = GRADED_HIT_SCORES,
+    background: float = GRADED_HIT_BACKGROUND,
+) -> np.ndarray:
+    """Graded-hit score of each mask level 0..``max_level`` (index = level): ``background``
+    for level 0, ``scores[level - 1]`` for the others."""
+    if max_level > len(scores):
+        raise ValueError(
+            f"A mask has level {max_level} but localisation.graded_hit_scores gives scores for "
+            f"levels 1..{len(scores)} only; list one score per level up to {max_level}."
+        )
+    return np.array([background, *scores[:max_level]], dtype=np.float64)
+
+
+def graded_hit_config_errors(config: Mapping) -> list[str]:
+    """Config-time check: a synthetic set with ``ring_width`` > 0 has mask level 2, which
+    ``localisation.graded_hit_scores`` must score (own-data levels are known only once the
+    masks are read: the localisation job names a level without a score)."""
+    scores = (config.get("localisation") or {}).get("graded_hit_scores", GRADED_HIT_SCORES)
+    data = config.get("data") or {}
+    custom = data.get("custom") or {}
+    if len(scores) >= 2:
+        return []
+    return [
+        f"localisation.graded_hit_scores lists {len(scores)} score(s) but "
+        f"data.custom.{name}.ring_width makes mask level 2 (the ring); list a score for level 2 "
+        "as well, e.g. [3, 2]."
+        for name in data.get("datasets") or []
+        if (custom.get(name) or {}).get("source") == "synthetic"
+        and ((custom.get(name) or {}).get("ring_width") or 0) > 0
+    ]
+
+
+def _levels(masks: np.ndarray) -> np.ndarray:
+    """Masks as integer levels (boolean masks: 0/1); negative or fractional values refused."""
+    masks = np.asarray(masks)
+    if masks.dtype == bool:
+        return masks.astype(np.uint8)
+    if not np.issubdtype(masks.dtype, np.integer):
+        if not np.array_equal(masks, np.round(masks)):
+            raise ValueError("Mask levels must be whole numbers (0 background, 1 lesion, ...).")
+        masks = masks.astype(np.int64)
+    if masks.size and masks.min() < 0:
+        raise ValueError("Mask levels must be >= 0 (0 background, 1 lesion, ...).")
+    return masks
 
 
 def localisation_scores(
-    maps: np.ndarray, masks: np.ndarray, top_k_percent: float
+    maps: np.ndarray,
+    masks: np.ndarray,
+    top_k_percent: float,
+    graded_scores: Sequence[float] = GRADED_HIT_SCORES,
+    graded_background: float = GRADED_HIT_BACKGROUND,
 ) -> dict[str, np.ndarray]:
-    """Scores of maps (N, H, W) against boolean masks (N, H, W) with at least one pixel each."""
-    masks = np.asarray(masks, dtype=bool)
-    if maps.shape != masks.shape:
-        raise ValueError(f"Maps {maps.shape} and masks {masks.shape} differ in shape.")
-    if not masks.reshape(len(masks), -1).any(axis=1).all():
-        raise ValueError("Every mask needs at least one lesion pixel (select those images).")
+    """Scores of maps (N, H, W) against masks (N, H, W) with at least one lesion pixel each:
+    boolean, or integer levels (0 background, 1 lesion, 2 the layer around it, ...; every
+    level >= 1 is inside the mask except for ``graded_hit``, see the module doc)."""
+    levels = _levels(masks)
+    if maps.shape != levels.shape:
+        raise ValueError(f"Maps {maps.shape} and masks {levels.shape} differ in shape.")
     n = len(maps)
+    flat_levels = levels.reshape(n, -1)
+    flat_masks = flat_levels > 0
+    if not flat_masks.any(axis=1).all():
+        raise ValueError("Every mask needs at least one lesion pixel (select those images).")
     flat = normalise_maps(maps).reshape(n, -1)
-    flat_masks = masks.reshape(n, -1)
     constant = flat.max(axis=1) - flat.min(axis=1) <= 1e-12
     hit = flat_masks[np.arange(n), flat.argmax(axis=1)].astype(float)
     hit[constant] = np.nan
+    table = level_scores(int(flat_levels.max(initial=0)), graded_scores, graded_background)
+    pixel_scores = table[flat_levels]
+    peak = flat == flat.max(axis=1, keepdims=True)  # every pixel tied at the maximum
+    graded_hit = (pixel_scores * peak).sum(axis=1) / peak.sum(axis=1)
+    graded_hit[constant] = np.nan
     total = flat.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         energy = np.where(total > 0, (flat * flat_masks).sum(axis=1) / total, np.nan)
@@ -62,6 +146,8 @@ def localisation_scores(
         "iou": inter / union,
         "dice": 2 * inter / (top.sum(axis=1) + flat_masks.sum(axis=1)),
         "mask_fraction": flat_masks.mean(axis=1),
+        "graded_hit": graded_hit,
+        "graded_hit_chance": pixel_scores.mean(axis=1),
     }
 
 
@@ -70,17 +156,20 @@ def localisation(
     test_masks: np.ndarray,
     top_k_percent: float,
     has_mask: np.ndarray | None = None,
+    graded_scores: Sequence[float] = GRADED_HIT_SCORES,
+    graded_background: float = GRADED_HIT_BACKGROUND,
 ) -> pd.DataFrame:
     """Per saliency row (image, perturbation, severity, target) whose image has a non-empty
-    mask: the localisation scores (see module doc), with the row's keys and prediction."""
-    test_masks = np.asarray(test_masks, dtype=bool)
+    mask (binary or levels, see ``localisation_scores``): the localisation scores (see module
+    doc), with the row's keys and prediction."""
+    test_masks = _levels(test_masks)
     index = saliency["image_index"].to_numpy()
     if len(index) and index.max() >= len(test_masks):
         raise ValueError(
             f"Saliency rows refer to test image {index.max()} but the dataset has "
             f"{len(test_masks)} masks; rerun the attribute rule for this dataset."
         )
-    usable = test_masks.reshape(len(test_masks), -1).any(axis=1)
+    usable = (test_masks > 0).reshape(len(test_masks), -1).any(axis=1)
     if has_mask is not None:
         usable &= np.asarray(has_mask, dtype=bool)
     keep = usable[index]
@@ -92,9 +181,15 @@ def localisation(
             "saliency table belongs to another data.size. Rerun the attribute rule."
         )
     scores = (
-        localisation_scores(maps, test_masks[rows["image_index"].to_numpy()], top_k_percent)
+        localisation_scores(
+            maps,
+            test_masks[rows["image_index"].to_numpy()],
+            top_k_percent,
+            graded_scores,
+            graded_background,
+        )
         if len(rows)
-        else {k: np.zeros(0) for k in ("hit", "energy", "iou", "dice", "mask_fraction")}
+        else {k: np.zeros(0) for k in COLUMNS}
     )
     return pd.DataFrame(
         {
@@ -120,7 +215,8 @@ def summarise_localisation(
     the test images with replacement; every perturbation, severity and target of an image
     moves with it).
     """
-    columns = ["hit", "energy", "iou", "dice", "mask_fraction"]
+    # older tables (before the graded hit rate) summarise without it
+    columns = [c for c in COLUMNS if c in table]
     per_fold = table.groupby(KEYS, as_index=False).agg(
         **{c: (c, "mean") for c in columns}, n_images=("hit", "size")
     )

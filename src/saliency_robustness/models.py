@@ -13,15 +13,21 @@ for the input size (patch 4 at 28 px, 8 at 64 px).
 
 ImageNet weights (``weights="imagenet"``) come from torchvision's local cache or a given
 file, never from the network; see ``imagenet_weights_path``.
+
+Study options built here: a custom classifier head (``HeadSpec``, ``replace_head``), a frozen
+backbone (``freeze_backbone``, ``backbone_norms_eval``) and combined models (``Combined``:
+several backbones, one shared classification layer). Which of them a named model uses is
+resolved by ``model_specs``; ``load_model(..., spec=...)`` rebuilds the same layers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -350,8 +356,13 @@ def tokens_to_grid(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def cam_reshape_transform(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The ``reshape_transform`` pytorch-grad-cam needs for ``model`` (None for CNNs)."""
-    return tokens_to_grid if token_grid(model) is not None else None
+    """The ``reshape_transform`` pytorch-grad-cam needs for ``model`` (None for CNNs; a
+    combined model with a ViT backbone gets it too, as it leaves 4-D outputs alone)."""
+    if token_grid(model) is not None or any(
+        isinstance(m, VisionTransformer) for m in getattr(model, "backbones", [])
+    ):
+        return tokens_to_grid
+    return None
 
 
 # --- ImageNet weights -----------------------------------------------------------------------
@@ -454,6 +465,99 @@ def load_imagenet_weights(
     return model
 
 
+# --- classifier heads and frozen backbones --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """A custom classifier head (``train.head``): the architecture's final layer becomes
+    layer -> ReLU -> dropout -> layer with ``hidden`` units between (the COVID study's
+    fc -> ReLU -> dropout -> fc). Linear layers, or 1x1 convolutions where the final layer
+    is one (SqueezeNet, whose class maps are then average-pooled as before)."""
+
+    hidden: int
+    dropout: float = 0.5
+
+    @classmethod
+    def from_config(cls, head: dict | None) -> HeadSpec | None:
+        return None if head is None else cls(int(head["hidden"]), float(head.get("dropout", 0.5)))
+
+
+def head_prefix(name: str) -> str:
+    """The module path of ``name``'s classifier head (its ``Architecture.head``)."""
+    (prefix,) = get_architecture(name).head
+    return prefix
+
+
+def replace_head(model: nn.Module, name: str, head: HeadSpec, n_classes: int) -> nn.Module:
+    """Replace architecture ``name``'s final layer in ``model`` by ``head``'s stack (freshly
+    initialised from the torch seed). Its state_dict keys are ``<prefix>.0.*`` (first layer)
+    and ``<prefix>.3.*`` (output layer)."""
+    prefix = head_prefix(name)
+    old = model.get_submodule(prefix)
+    if isinstance(old, nn.Linear):
+        new = head_stack(old.in_features, n_classes, head)
+    elif isinstance(old, nn.Conv2d) and old.kernel_size == (1, 1):
+        new = head_stack(old.in_channels, n_classes, head, conv=True)
+    else:
+        raise ValueError(f"{name}: cannot replace a {type(old).__name__} head.")
+    _set_module(model, prefix, new)
+    return model
+
+
+def head_stack(
+    in_features: int, n_classes: int, head: HeadSpec, conv: bool = False
+) -> nn.Sequential:
+    """layer -> ReLU -> dropout -> layer (Linear, or 1x1 convolutions with ``conv``)."""
+    if conv:
+        first = nn.Conv2d(in_features, head.hidden, kernel_size=1)
+        last = nn.Conv2d(head.hidden, n_classes, kernel_size=1)
+    else:
+        first, last = nn.Linear(in_features, head.hidden), nn.Linear(head.hidden, n_classes)
+    return nn.Sequential(first, nn.ReLU(), nn.Dropout(head.dropout), last)
+
+
+def _set_module(model: nn.Module, dotted: str, module: nn.Module) -> None:
+    parent, _, child = dotted.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def head_hidden_in(state: Mapping, prefix: str) -> int | None:
+    """The hidden width of a custom head at module ``prefix`` in a saved state_dict (None:
+    no custom head there). Read from the file, so that a grid over ``head.hidden`` loads
+    the width that was chosen."""
+    weight = state.get(f"{prefix}.0.weight")
+    return None if weight is None else int(weight.shape[0])
+
+
+def is_head_key(key: str, heads: Sequence[str]) -> bool:
+    """Whether a parameter or buffer name belongs to one of the modules ``heads``."""
+    return _under(key, tuple(heads))
+
+
+def freeze_backbone(model: nn.Module, heads: Sequence[str]) -> list[nn.Parameter]:
+    """Turn off gradients of every parameter outside the modules ``heads``; returns the
+    head's parameters (the only ones to give the optimiser). The backbone's BatchNorm
+    layers must also stay in eval mode (``backbone_norms_eval``)."""
+    trainable = []
+    for key, parameter in model.named_parameters():
+        if is_head_key(key, heads):
+            trainable.append(parameter)
+        else:
+            parameter.requires_grad_(False)
+    if not trainable:
+        raise ValueError(f"No parameters under the head modules {list(heads)}.")
+    return trainable
+
+
+def backbone_norms_eval(model: nn.Module, heads: Sequence[str]) -> None:
+    """Put the BatchNorm layers outside ``heads`` into eval mode (after ``model.train()``),
+    so a frozen backbone's running statistics do not change either."""
+    for key, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not is_head_key(key, heads):
+            module.eval()
+
+
 # --- public API -----------------------------------------------------------------------------
 
 
@@ -464,20 +568,103 @@ def build_model(
     image_size: int,
     weights: str | None = None,
     weights_file: str | os.PathLike | None = None,
+    head: HeadSpec | None = None,
+    backbones: Sequence[str] | None = None,
+    weights_files: Mapping[str, str | os.PathLike] | None = None,
 ) -> nn.Module:
     """A model for ``in_channels`` x ``image_size`` px images and ``n_classes`` outputs.
 
     ``weights=None``: freshly initialised (initialisation follows the torch seed).
     ``weights="imagenet"``: ImageNet weights from ``weights_file`` or torchvision's cache
     (``load_imagenet_weights``); the head is initialised from the torch seed.
+    ``head``: a custom classifier head replacing the final layer (``replace_head``).
+    ``backbones``: a combined model of these architectures (``build_combined``, ImageNet
+    files from ``weights_files``); ``name`` is then only its label.
     """
+    if backbones:
+        return build_combined(
+            backbones, in_channels, n_classes, image_size, weights, weights_files, head
+        )
     if weights not in (None, *WEIGHT_CHOICES):
         raise ValueError(f"weights: unknown value {weights!r}; use null or imagenet.")
     model = get_architecture(name).build(in_channels, n_classes, image_size, weights is not None)
+    if head is not None:
+        replace_head(model, name, head, n_classes)
     model.registry_name = name  # lets default_cam_layer find the preferred CAM layer
     if weights == "imagenet":
         load_imagenet_weights(model, name, weights_file)
     return model
+
+
+# --- combined models --------------------------------------------------------------------------
+
+COMBINED_HEAD = "classifier"  # the shared classification layer of a ``Combined`` model
+
+
+class Combined(nn.Module):
+    """Backbones without their heads whose features are concatenated into one shared
+    classification layer, trained jointly (``train.combined``; the CheXpert study's combined
+    model, unlike ``Ensemble``, which averages separately trained models). A backbone's
+    features are the input of its final layer: global-average-pooled for the CNNs with a
+    pooling head (ResNet, DenseNet, EfficientNet, MobileNet, SqueezeNet, GoogLeNet,
+    Inception), the fc7 features for VGG and AlexNet, the class token for ViTs."""
+
+    def __init__(
+        self,
+        backbones: Sequence[nn.Module],
+        names: Sequence[str],
+        widths: Sequence[int],
+        n_classes: int,
+        head: HeadSpec | None = None,
+    ) -> None:
+        super().__init__()
+        if len(backbones) < 2 or not len(backbones) == len(names) == len(widths):
+            raise ValueError("A combined model needs at least two backbones, each with a name.")
+        self.backbones = nn.ModuleList(backbones)
+        self.backbone_names = list(names)
+        total = int(sum(widths))
+        self.classifier = (
+            nn.Linear(total, n_classes) if head is None else head_stack(total, n_classes, head)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.cat([backbone(x) for backbone in self.backbones], dim=1))
+
+
+def build_combined(
+    backbones: Sequence[str],
+    in_channels: int,
+    n_classes: int,
+    image_size: int,
+    weights: str | None = None,
+    weights_files: Mapping[str, str | os.PathLike] | None = None,
+    head: HeadSpec | None = None,
+    read_weights: bool = True,
+) -> Combined:
+    """A ``Combined`` model of the architectures ``backbones``, each built (and, with
+    ``weights="imagenet"``, loaded from ``weights_files[arch]`` or torchvision's cache) as by
+    ``build_model`` and then stripped of its final layer; the shared layer (or ``head``'s
+    stack) is initialised from the torch seed after them. ``registry_name`` of each backbone
+    is its architecture, so CAM methods find its default layer. ``read_weights=False``
+    builds the pretrained layout without reading the files (to load a trained model)."""
+    if weights not in (None, *WEIGHT_CHOICES):
+        raise ValueError(f"weights: unknown value {weights!r}; use null or imagenet.")
+    models, widths = [], []
+    for name in backbones:
+        model = get_architecture(name).build(
+            in_channels, n_classes, image_size, weights is not None
+        )
+        if weights == "imagenet" and read_weights:
+            load_imagenet_weights(model, name, (weights_files or {}).get(name))
+        prefix = head_prefix(name)
+        final = model.get_submodule(prefix)
+        widths.append(final.in_features if isinstance(final, nn.Linear) else final.in_channels)
+        _set_module(model, prefix, nn.Identity())
+        if isinstance(final, nn.Conv2d):  # SqueezeNet: (N, C, 1, 1) after its pooling
+            model.classifier.append(nn.Flatten())
+        model.registry_name = name
+        models.append(model)
+    return Combined(models, backbones, widths, n_classes, head)
 
 
 def get_layer(model: nn.Module, dotted: str) -> nn.Module:
@@ -519,19 +706,39 @@ def load_model(
     image_size: int,
     device: torch.device | str = "cpu",
     weights: str | None = None,
+    spec: Mapping | None = None,
 ) -> nn.Module:
     """Build the architecture and load trained weights safely (no pickle code execution).
 
     ``weights`` is the ``train.weights`` the model was trained with: a ResNet's small-image
     stem keeps the 7x7 ImageNet kernel when it was pretrained (the file is not read again).
+    ``spec``: the model's resolved settings (``model_specs.model_settings``), which then
+    decide the base architecture, ``weights`` and the classifier head, so that a variant
+    (``train.variants``) or combined model loads with the layers it was trained with.
     """
-    model = get_architecture(name).build(in_channels, n_classes, image_size, weights is not None)
-    model.registry_name = name
     state = read_state_dict(
         path,
         f"trained {name} model",
         f"Delete it so that Snakemake trains it again, or run: snakemake --forcerun {path}",
     )
+    base, head, backbones = name, None, None
+    if spec is not None:
+        base, weights, backbones = spec["arch"], spec["weights"], spec.get("backbones")
+        head = HeadSpec.from_config(spec.get("head"))
+    if head is not None:  # the width the file was trained with (a grid may choose it)
+        hidden = head_hidden_in(state, COMBINED_HEAD if backbones else head_prefix(base))
+        head = head if hidden is None else dataclasses.replace(head, hidden=hidden)
+    if backbones:  # the stems follow the weights; the ImageNet files are not read again
+        model = build_combined(
+            backbones, in_channels, n_classes, image_size, weights, head=head, read_weights=False
+        )
+    else:
+        model = get_architecture(base).build(
+            in_channels, n_classes, image_size, weights is not None
+        )
+        if head is not None:
+            replace_head(model, base, head, n_classes)
+        model.registry_name = base
     model.load_state_dict(state)
     return model.to(device).eval()
 
@@ -605,12 +812,23 @@ def load_ensemble(
     device: torch.device | str = "cpu",
     weights: str | None = None,
     output: str = "softmax",
+    specs: Mapping[str, Mapping] | None = None,
 ) -> Ensemble:
-    """An ``Ensemble`` of trained members, ``paths[i]`` holding ``members[i]``'s weights."""
+    """An ``Ensemble`` of trained members, ``paths[i]`` holding ``members[i]``'s weights;
+    ``specs``: each member's resolved settings (see ``load_model``)."""
     if len(paths) != len(members):
         raise ValueError(f"{len(members)} ensemble members but {len(paths)} weight files.")
     models = [
-        load_model(path, name, in_channels, n_classes, image_size, device, weights)
+        load_model(
+            path,
+            name,
+            in_channels,
+            n_classes,
+            image_size,
+            device,
+            weights,
+            spec=None if specs is None else specs[name],
+        )  # fmt: skip
         for path, name in zip(paths, members, strict=True)
     ]
     return Ensemble(models, members, output).to(device).eval()
@@ -626,17 +844,20 @@ def load_model_or_ensemble(
     device: torch.device | str = "cpu",
     weights: str | None = None,
     output: str = "softmax",
+    specs: Mapping[str, Mapping] | None = None,
 ) -> nn.Module:
     """``load_ensemble`` when ``arch`` names one of ``ensembles`` (``train.ensembles``),
-    else ``load_model`` of the single file."""
+    else ``load_model`` of the single file; ``specs``: resolved settings by model name."""
     if arch in ensembles:
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         return load_ensemble(
-            paths, ensembles[arch], in_channels, n_classes, image_size, device, weights, output
-        )
+            paths, ensembles[arch], in_channels, n_classes, image_size, device, weights, output,
+            specs,
+        )  # fmt: skip
     if not isinstance(paths, (str, os.PathLike)):
         (paths,) = list(paths)
-    return load_model(paths, arch, in_channels, n_classes, image_size, device, weights)
+    spec = None if specs is None else specs[arch]
+    return load_model(paths, arch, in_channels, n_classes, image_size, device, weights, spec)
 
 
 def load_trained_model(
@@ -647,11 +868,20 @@ def load_trained_model(
     device: torch.device | str,
     ensembles: dict[str, list[str]],
     weights: str | None = None,
+    train: Mapping | None = None,
 ) -> nn.Module:
     """A trained model (or ensemble) for a dataset described by ``data.DatasetInfo``:
-    channels, classes and the output activation (sigmoid for multi-label) come from it."""
+    channels, classes and the output activation (sigmoid for multi-label) come from it.
+    ``train``: the config's train section; each model (an ensemble's every member) is then
+    built from its resolved settings (``model_specs.model_settings``: a variant's base
+    architecture, weights and head), and ``weights`` is ignored."""
     from saliency_robustness.evaluation import is_multi_label
+    from saliency_robustness.model_specs import model_settings
 
+    specs = None
+    if train is not None:
+        names = ensembles.get(arch, [arch])
+        specs = {name: model_settings(name, train) for name in names}
     return load_model_or_ensemble(
         paths,
         arch,
@@ -662,6 +892,7 @@ def load_trained_model(
         device,
         weights=weights,
         output="sigmoid" if is_multi_label(info.task) else "softmax",
+        specs=specs,
     )
 
 

@@ -128,7 +128,10 @@ def robustness_scores(table: pd.DataFrame, path: str | os.PathLike, dpi: int = 1
 
 
 def training_curves(history: pd.DataFrame, path: str | os.PathLike, dpi: int = 120) -> None:
-    """Loss and validation AUC/ACC per epoch, one line per fold, one column per metric."""
+    """Loss and validation AUC/ACC per epoch, one line per fold, one column per metric.
+    With a hyper-parameter grid (``train.grid``) only the chosen point's epochs are drawn."""
+    if "grid_chosen" in history:
+        history = history[history["grid_chosen"].astype(bool)]
     long = history.melt(
         id_vars=["arch", "fold", "epoch"],
         value_vars=["train_loss", "val_loss", "val_acc", "val_auc"],
@@ -284,16 +287,21 @@ def saliency_examples(
 def localisation_vs_severity(
     summary: pd.DataFrame, path: str | os.PathLike, dpi: int = 120
 ) -> None:
-    """Pointing game, energy pointing game and top-k IoU against the lesion masks per
-    severity (0 = clean), one line per saliency method, one column per perturbation; the
-    dashed line is chance (the mean mask fraction) for the two pointing games."""
+    """Pointing game, energy pointing game, top-k IoU and graded hit rate against the lesion
+    masks per severity (0 = clean), one line per saliency method, one column per
+    perturbation; the dashed line is chance: the mean mask fraction for the two pointing
+    games, the mean ``graded_hit_chance`` for the graded hit rate (its own y scale)."""
     scores = {
         "hit_mean": "pointing game",
         "energy_mean": "energy pointing game",
         "iou_mean": "top-k IoU",
     }
+    chance_of = dict.fromkeys(["pointing game", "energy pointing game"], "mask_fraction_mean")
+    if "graded_hit_mean" in summary:  # summaries written before the graded hit rate lack it
+        scores["graded_hit_mean"] = "graded hit rate"
+        chance_of["graded hit rate"] = "graded_hit_chance_mean"
     long = summary.melt(
-        id_vars=["arch", "method", "perturbation", "severity", "mask_fraction_mean"],
+        id_vars=["arch", "method", "perturbation", "severity", *dict.fromkeys(chance_of.values())],
         value_vars=list(scores),
         var_name="score",
     )
@@ -312,11 +320,12 @@ def localisation_vs_severity(
         facet_kws={"sharey": "row", "margin_titles": True},
     )
     _short_titles(grid)
-    chance = summary["mask_fraction_mean"].mean()
+    grid.set(xticks=sorted(summary["severity"].unique()))
     for (score, _), ax in grid.axes_dict.items():
-        if score != "top-k IoU":
-            ax.axhline(chance, ls="--", lw=1, color="gray")
-    grid.set(xticks=sorted(summary["severity"].unique()), ylim=(0, 1.02))
+        if score in chance_of:
+            ax.axhline(summary[chance_of[score]].mean(), ls="--", lw=1, color="gray")
+        if score != "graded hit rate":  # shares of maps or pixels; the graded scores are not
+            ax.set_ylim(0, 1.02)
     _save(grid.figure, path, dpi)
 
 
@@ -369,7 +378,7 @@ def faithfulness_vs_severity(
     """Mean faithfulness metrics (panels) per method against severity, per perturbation
     (line style); clean images at severity 0."""
     metrics = ["deletion_auc", "insertion_auc", "road_combined", "drop_in_confidence"]
-    metrics += ["infidelity", "sensitivity_max"]
+    metrics += ["drop_in_confidence_binary_mask", "infidelity", "sensitivity_max"]
     data = summary[summary["metric"].isin(metrics)].dropna(subset=["mean"])
     if data.empty:
         raise ValueError("The faithfulness summary holds no values to plot.")

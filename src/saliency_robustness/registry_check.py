@@ -55,6 +55,7 @@ def config_errors(config: dict) -> list[str]:
 
             errors += spec_errors(name, custom[name], config["folds"]["k"])
     errors += architecture_errors(config["train"])
+    errors += mask_background_errors(config)
     errors += perturb_config_errors(
         config["perturb"],
         config["data"]["datasets"],
@@ -74,6 +75,12 @@ def config_errors(config: dict) -> list[str]:
     errors += faithfulness_severity_errors(config)
     errors += cam_layer_errors(config)
     errors += fold_count_errors(config)
+    from saliency_robustness.labels import uncertain_range_errors
+
+    errors += uncertain_range_errors(config)
+    from saliency_robustness.localisation import graded_hit_config_errors
+
+    errors += graded_hit_config_errors(config)
     k = config["folds"]["k"]
     for fold in config["folds"]["run"] or []:
         if fold >= k:
@@ -107,17 +114,29 @@ def cam_layer_errors(config: dict) -> list[str]:
     import torch
 
     from saliency_robustness.attribution import METHODS
+    from saliency_robustness.model_specs import base_of
     from saliency_robustness.models import ARCHITECTURES, get_architecture
 
     ensembles = config["train"].get("ensembles") or {}
-    archs = [a for a in config["train"]["architectures"] if a in ARCHITECTURES]
+    # a variant uses its base architecture's layers
+    bases = [base_of(a, config["train"]) for a in config["train"]["architectures"]]
+    archs = list(dict.fromkeys(a for a in bases if a in ARCHITECTURES))
     errors = []
     for method, params in (config["attribute"].get("params") or {}).items():
         layer = (params or {}).get("cam_layer")
         spec = METHODS.get(method)
         if spec is None or not spec.uses_cam_layer or layer in (None, "auto"):
             continue
-        if method not in config["attribute"]["methods"] or archs == [] and ensembles:
+        if method not in config["attribute"]["methods"]:
+            continue
+        combined = [a for a in bases if a in (config["train"].get("combined") or {})]
+        if combined:
+            errors.append(
+                f"attribute.params.{method}.cam_layer: cannot be set with the combined model "
+                f"'{combined[0]}' (train.combined), whose CAM maps average each backbone's "
+                "default layer; remove cam_layer."
+            )
+        if archs == [] and ensembles:
             continue
         for arch in archs:
             with torch.device("meta"):
@@ -183,7 +202,9 @@ def top_k_target_errors(config: dict) -> list[str]:
 
 
 def architecture_errors(train: dict) -> list[str]:
-    """Architecture names, ensembles (``train.ensembles``) and ImageNet weight files."""
+    """Architecture names, variants (``train.variants``), ensembles (``train.ensembles``),
+    per-model train options (``model_specs.spec_errors``) and ImageNet weight files."""
+    from saliency_robustness.model_specs import model_settings, spec_errors, trained_names
     from saliency_robustness.models import (
         ARCHITECTURES,
         imagenet_weights_path,
@@ -193,7 +214,10 @@ def architecture_errors(train: dict) -> list[str]:
 
     errors = []
     ensembles = train.get("ensembles") or {}
-    valid = sorted({*ARCHITECTURES, *ensembles})
+    variants = train.get("variants") or {}
+    combined = train.get("combined") or {}
+    models = sorted({*ARCHITECTURES, *variants, *combined})  # what trains: members too
+    valid = sorted({*models, *ensembles})
     for name in train["architectures"]:
         if name not in valid:
             errors.append(
@@ -205,32 +229,75 @@ def architecture_errors(train: dict) -> list[str]:
         if not re.fullmatch(r"[a-z0-9_]+", name):
             errors.append(f"train.ensembles: name '{name}' must use only a-z, 0-9 and _.")
         for member in members:
-            if member not in ARCHITECTURES:
+            if member not in models:
                 errors.append(
                     f"train.ensembles.{name}: unknown member '{member}' (members are "
-                    f"architectures, not ensembles). Valid: {', '.join(sorted(ARCHITECTURES))}."
+                    "architectures, variants or combined models, not ensembles). Valid: "
+                    f"{', '.join(models)}."
                 )
     for arch in train.get("weights_files") or {}:
         if arch not in ARCHITECTURES:
             errors.append(f"train.weights_files: unknown architecture '{arch}'.")
-    if train.get("weights") == "imagenet":
-        trained = [a for a in train["architectures"] if a not in ensembles]
-        trained += [m for a in train["architectures"] if a in ensembles for m in ensembles[a]]
-        for arch in dict.fromkeys(a for a in trained if a in ARCHITECTURES):
-            try:
-                path = imagenet_weights_path(arch, (train.get("weights_files") or {}).get(arch))
-            except ValueError as error:
-                errors.append(f"train.weights: {error}")
-                continue
-            key = (
-                f"train.weights_files.{arch}"
-                if arch in (train.get("weights_files") or {})
-                else "train.weights"
-            )
-            if not path.is_file():
-                errors.append(f"{key}: {missing_weights_message(arch, path)}")
-            elif problem := weights_file_problem(path):
-                errors.append(f"{key}: {path} {problem}. {replace_weights_hint(arch, path)}")
+    errors += spec_errors(train, ARCHITECTURES)
+    # ImageNet files of every trained model whose (possibly overridden) weights are imagenet
+    pretrained = {}
+    for name in trained_names(train):
+        if name not in models:
+            continue
+        settings = model_settings(name, train)
+        if settings.get("weights") == "imagenet":  # raw train dicts may lack it
+            key = "train.weights" if name not in variants else f"train.variants.{name}.weights"
+            for arch in settings["backbones"] or [settings["arch"]]:
+                if arch in ARCHITECTURES:
+                    pretrained.setdefault(arch, key)
+    for arch, weights_key in pretrained.items():
+        try:
+            path = imagenet_weights_path(arch, (train.get("weights_files") or {}).get(arch))
+        except ValueError as error:
+            errors.append(f"{weights_key}: {error}")
+            continue
+        key = (
+            f"train.weights_files.{arch}"
+            if arch in (train.get("weights_files") or {})
+            else weights_key
+        )
+        if not path.is_file():
+            errors.append(f"{key}: {missing_weights_message(arch, path)}")
+        elif problem := weights_file_problem(path):
+            errors.append(f"{key}: {path} {problem}. {replace_weights_hint(arch, path)}")
+    return errors
+
+
+def mask_background_errors(config: dict) -> list[str]:
+    """``mask_background`` (train or a variant) needs every dataset of the study to have
+    masks (the synthetic set, folder datasets with a mask column)."""
+    from saliency_robustness.custom_data import has_masks
+    from saliency_robustness.model_specs import model_settings, trained_names
+
+    train = config["train"]
+    variants = train.get("variants") or {}
+    keys = []
+    for name in trained_names(train):
+        if name in variants and "mask_background" in variants[name]:
+            key = f"train.variants.{name}.mask_background"
+        else:
+            key = "train.mask_background"
+        if model_settings(name, train)["mask_background"] and key not in keys:
+            keys.append(key)
+    custom = config["data"].get("custom") or {}
+    errors = []
+    for dataset in config["data"]["datasets"]:
+        try:
+            masked = dataset in custom and has_masks(custom[dataset])
+        except Exception:  # an unreadable CSV is reported by custom_data.spec_errors
+            continue
+        if not masked:
+            errors += [
+                f"{key}: dataset '{dataset}' has no masks, so its background cannot be "
+                "removed (masks come with the synthetic set and folder datasets whose CSV "
+                "has a mask column). Set it to false or study only datasets with masks."
+                for key in keys
+            ]
     return errors
 
 

@@ -4,7 +4,10 @@ Each image is a textured background (smoothed noise, a slow intensity gradient a
 step edge of random position and sign, a class-independent distractor) with
 zero, one or several lesions of three kinds: a filled ``blob``, a ``ring`` (annulus) and a
 rotated ``bar``, at random position and size. The lesion's pixels are saved as a 0/1 mask
-beside each image, so the ground truth of "where the evidence is" is exact.
+beside each image, so the ground truth of "where the evidence is" is exact. With
+``ring_width`` > 0 the mask has levels instead: 1 the lesion, 2 the band of background pixels
+within ``ring_width`` pixels (Euclidean distance) of it, 0 the rest; the images are the same
+for every ``ring_width`` (the band is a layer of the mask only, for the graded hit rate).
 
 The label depends on the task, in the same encoding MedMNIST uses:
 
@@ -22,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import distance_transform_edt, gaussian_filter
 from skimage.draw import disk, polygon
 
 from saliency_robustness.data import (
@@ -149,6 +152,16 @@ def _render(rng: np.random.Generator, mask: np.ndarray, channels: int) -> np.nda
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
+def _levels(mask: np.ndarray, ring_width: int) -> np.ndarray:
+    """uint8 mask levels: 1 on the lesion, 2 on background pixels within ``ring_width`` px
+    (Euclidean distance between pixel centres) of it, 0 elsewhere."""
+    levels = mask.astype(np.uint8)
+    if ring_width > 0 and mask.any():
+        distance = distance_transform_edt(~mask)  # to the nearest lesion pixel
+        levels[(distance > 0) & (distance <= ring_width)] = 2
+    return levels
+
+
 def _split_kinds(rng: np.random.Generator, task: str, n: int) -> tuple[np.ndarray, list[list[str]]]:
     """Labels of one split (exactly balanced for single-label tasks) and the kinds to draw."""
     if task == "multi-label":
@@ -169,17 +182,23 @@ def make_synthetic(
     channels: int = 1,
     seed: int = 0,
     task: str = "multi-class",
+    ring_width: int = 0,
 ) -> dict[str, np.ndarray]:
     """A seeded synthetic dataset in MedMNIST's npz layout plus lesion masks.
 
     Returns ``{split}_images`` (uint8, (N, H, W) or (N, H, W, 3)), ``{split}_labels``
     (uint8, (N, 1), or (N, 3) 0/1 for multi-label) and ``{split}_masks`` (uint8 0/1,
     (N, H, W), the union of the image's lesions; all zero for lesion-free images) for the
-    splits train, val and test. An int ``n_per_split`` gives every split that many images.
-    Each split draws from its own stream of ``seed``, so changing one split's size leaves the
-    others unchanged.
+    splits train, val and test. With ``ring_width`` > 0 the masks are levels (1 lesion, 2 the
+    band within ``ring_width`` px around it, 0 background); images and labels do not depend
+    on it. An int ``n_per_split`` gives every split that many images. Each split draws from
+    its own stream of ``seed``, so changing one split's size leaves the others unchanged.
     """
     _check_task(task)
+    if isinstance(ring_width, bool) or not isinstance(ring_width, int | np.integer):
+        raise DataError(f"Synthetic ring_width must be an integer >= 0, got {ring_width!r}.")
+    if ring_width < 0:
+        raise DataError(f"Synthetic ring_width must be >= 0 pixels, got {ring_width}.")
     if channels not in (1, 3):
         raise DataError(f"Synthetic data needs channels 1 or 3, got {channels}.")
     if size < 16:
@@ -202,7 +221,7 @@ def make_synthetic(
             image_rng = np.random.default_rng([seed, split_id, i])
             mask = _place(image_rng, kinds[i], size)
             images[i] = _render(image_rng, mask, channels)
-            masks[i] = mask
+            masks[i] = _levels(mask, ring_width)
         out[f"{split}_images"] = images
         out[f"{split}_labels"] = labels
         out[f"{split}_masks"] = masks

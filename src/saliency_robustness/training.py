@@ -21,6 +21,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,68 @@ from saliency_robustness.evaluation import (
     multi_label_array,
     predict_proba,
 )
-from saliency_robustness.models import build_model, images_to_tensor
+from saliency_robustness.labels import DEFAULT_RANGE, certain, soft_targets, uncertain_range
+from saliency_robustness.model_specs import grid_points, model_settings
+from saliency_robustness.models import (
+    COMBINED_HEAD,
+    HeadSpec,
+    backbone_norms_eval,
+    build_model,
+    freeze_backbone,
+    head_prefix,
+    images_to_tensor,
+)
 
 log = logging.getLogger(__name__)
+
+# The value of a black (0) pixel after images_to_tensor: what rotation fills corners with.
+BLACK = -1.0
+
+
+def _frozen(value: Any) -> Any:
+    """Lists as tuples (hashable, frozen settings; milestones)."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training augmentation (``train.augment``): a random rotation by an angle uniform in
+    [-``rotation``, ``rotation``] degrees (bilinear, corners filled black) and, with ``flip``,
+    a left-right mirror (reflection about the vertical axis) with probability 0.5."""
+
+    rotation: float = 0.0
+    flip: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.rotation > 0 or self.flip
+
+
+def augment_batch(
+    inputs: torch.Tensor, augment: Augment, generator: torch.Generator
+) -> torch.Tensor:
+    """``inputs`` (N, C, H, W, scaled as ``images_to_tensor``) with ``augment`` applied per
+    image. Every random draw comes from ``generator`` (the training run's batch-order
+    generator, saved in checkpoints), so augmented runs are seeded and resume bit for bit;
+    draws happen only for what is switched on."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    n = len(inputs)
+    flips = torch.rand(n, generator=generator) < 0.5 if augment.flip else torch.zeros(n, dtype=bool)
+    angles = (
+        (torch.rand(n, generator=generator) * 2 - 1) * augment.rotation
+        if augment.rotation > 0
+        else torch.zeros(n)
+    )
+    out = []
+    for image, flip, angle in zip(inputs, flips.tolist(), angles.tolist(), strict=True):
+        if flip:
+            image = TF.horizontal_flip(image)
+        if angle != 0:
+            image = TF.rotate(image, angle, interpolation=InterpolationMode.BILINEAR, fill=[BLACK])
+        out.append(image)
+    return torch.stack(out)
 
 
 @dataclass(frozen=True)
@@ -53,21 +113,60 @@ class TrainSettings:
     mixed_precision: bool = False  # float16 autocast + gradient scaling, CUDA only
     weights: str | None = None  # None: random init; "imagenet": see models.build_model
     weights_file: str | None = None  # ImageNet state_dict file; None: torchvision's cache
+    # multi-label soft-target range of uncertain (-1) labels; part of the resume fingerprint
+    uncertain_labels: tuple[float, float] = (DEFAULT_RANGE["low"], DEFAULT_RANGE["high"])
+    freeze_backbone: bool = False  # train the classifier head only (Architecture.head)
+    head: HeadSpec | None = None  # custom classifier head; None: the architecture's own
+    augment: Augment = field(default_factory=Augment)  # training batches only
+    # hyper-parameter grid: ((key, (values, ...)), ...), see model_specs.GRID_KEYS
+    grid: tuple[tuple[str, tuple], ...] = ()
+    # a combined model (train.combined): its backbone architectures and their ImageNet files
+    backbones: tuple[str, ...] = ()
+    backbone_weights_files: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_config(cls, train: dict, arch: str, seed: int) -> TrainSettings:
-        """The settings of config ``train`` (validated, with defaults) for ``arch``."""
+        """The settings of config ``train`` (validated, with defaults; or a train job's
+        params, ``model_specs.train_params``) for the model named ``arch`` (an architecture
+        or a variant, ``train.variants``, whose overrides then apply)."""
+        spec = model_settings(arch, train)
         return cls(
-            epochs=train["epochs"],
-            batch_size=train["batch_size"],
-            lr=train["lr"],
-            milestones=tuple(train["milestones"]),
-            gamma=train["gamma"],
+            epochs=spec["epochs"],
+            batch_size=spec["batch_size"],
+            lr=spec["lr"],
+            milestones=tuple(spec["milestones"]),
+            gamma=spec["gamma"],
             seed=seed,
-            mixed_precision=train["mixed_precision"],
-            weights=train["weights"],
-            weights_file=train["weights_files"].get(arch),
+            mixed_precision=spec["mixed_precision"],
+            weights=spec["weights"],
+            weights_file=spec["weights_files"].get(spec["arch"]),
+            uncertain_labels=uncertain_range(train),
+            freeze_backbone=spec["freeze_backbone"],
+            head=HeadSpec.from_config(spec["head"]),
+            augment=Augment(float(spec["augment"]["rotation"]), bool(spec["augment"]["flip"])),
+            grid=tuple(
+                (key, tuple(_frozen(v) for v in values)) for key, values in spec["grid"].items()
+            ),
+            backbones=tuple(spec["backbones"] or ()),
+            backbone_weights_files=tuple(
+                (name, spec["weights_files"][name])
+                for name in spec["backbones"] or ()
+                if name in spec["weights_files"]
+            ),
         )
+
+    def at_grid_point(self, point: dict[str, Any]) -> TrainSettings:
+        """These settings with one grid point's values (``model_specs.grid_points``) and no
+        grid."""
+        changes: dict[str, Any] = {"grid": ()}
+        for key, value in point.items():
+            group, _, name = key.partition(".")
+            if name:  # head.hidden, augment.rotation, ...
+                current = changes.get(group, getattr(self, group))
+                changes[group] = dataclasses.replace(current, **{name: value})
+            else:
+                changes[key] = _frozen(value)
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass
@@ -76,6 +175,10 @@ class TrainResult:
     history: pd.DataFrame  # one row per epoch
     best_epoch: int
     best_val: dict[str, float]
+    # with a grid (TrainSettings.grid): every point's settings and best validation AUC/ACC,
+    # and the index of the point whose model this is; None without a grid
+    grid: list[dict[str, Any]] | None = None
+    chosen: int | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -230,11 +333,14 @@ def _load_checkpoint(path: Path, fingerprint: str, epochs: int) -> dict[str, Any
 
 
 def _validation_loss(probs: np.ndarray, labels: np.ndarray, multi_label: bool) -> float:
-    """The training loss on validation probabilities (clamped away from 0 and 1)."""
+    """The training loss on validation probabilities (clamped away from 0 and 1); multi-label:
+    over the certain entries (an uncertain one, -1, has no true value to score)."""
     p = torch.as_tensor(probs)
     if multi_label:
-        p = p.double().clamp(1e-12, 1 - 1e-12)
-        return float(nn.functional.binary_cross_entropy(p, torch.as_tensor(labels).double()))
+        kept = torch.as_tensor(certain(labels))
+        p = p.double().clamp(1e-12, 1 - 1e-12)[kept]
+        target = torch.as_tensor(labels).double()[kept]
+        return float(nn.functional.binary_cross_entropy(p, target))
     return float(
         nn.functional.nll_loss(torch.log(p.clamp_min(1e-12)), torch.as_tensor(labels).long())
     )
@@ -253,16 +359,98 @@ def train_classifier(
 ) -> TrainResult:
     """Train ``arch`` on uint8 images; keep the epoch with the best validation AUC.
 
+    Without a grid (``settings.grid``) this is one training run (``_train_one``, documented
+    there). With one, every grid point (``model_specs.grid_points``) is trained on the same
+    data from the same seed, and the point with the best validation AUC is kept (ties:
+    validation accuracy, then the earlier point): its model, best epoch and validation
+    metrics are the result, ``grid`` lists every point's settings and best validation
+    AUC/ACC, ``chosen`` the kept point, and the history holds every point's epochs with
+    ``grid_point`` and ``grid_chosen`` columns. Each point has its own checkpoint
+    (``grid_checkpoint_path``), kept after the point completes, so a resumed job neither
+    retrains finished points nor restarts the interrupted one; all are deleted at the end.
+    """
+    if not settings.grid:
+        return _train_one(
+            arch, train, val, n_classes, settings, device, multi_label, checkpoint,
+            checkpoint_every,
+        )  # fmt: skip
+    rows, histories = [], []
+    best, best_key, chosen = None, None, 0
+    points = grid_points({key: list(values) for key, values in settings.grid})
+    paths = [
+        None if checkpoint is None else grid_checkpoint_path(checkpoint, index)
+        for index in range(len(points))
+    ]
+    for index, point in enumerate(points):
+        log.info("grid point %d of %d: %s", index + 1, len(points), point)
+        result = _train_one(
+            arch, train, val, n_classes, settings.at_grid_point(point), device, multi_label,
+            paths[index], checkpoint_every, keep_final=True,
+        )  # fmt: skip
+        auc, acc = result.best_val["auc"], result.best_val["acc"]
+        rows.append(
+            {
+                "point": index,
+                "settings": point,
+                "best_epoch": result.best_epoch,
+                "val_auc": auc,
+                "val_acc": acc,
+            }
+        )
+        histories.append(result.history.assign(grid_point=index))
+        key = (float(np.nan_to_num(auc, nan=-1.0)), acc)
+        if best_key is None or key > best_key:  # strict: ties keep the earlier point
+            best, best_key, chosen = result, key, index
+        del result  # only the best point's model stays in memory
+    for path in paths:
+        if path is not None:
+            path.unlink(missing_ok=True)
+    history = pd.concat(histories, ignore_index=True)
+    history["grid_chosen"] = history["grid_point"] == chosen
+    log.info("grid: point %d chosen (%s)", chosen, points[chosen])
+    return TrainResult(best.model, history, best.best_epoch, best.best_val, rows, chosen)
+
+
+def grid_checkpoint_path(checkpoint: str | os.PathLike, index: int) -> Path:
+    """The checkpoint of grid point ``index`` beside ``checkpoint``
+    (``model.checkpoint.pt`` -> ``model.checkpoint.grid0.pt``)."""
+    path = Path(checkpoint)
+    return path.with_name(f"{path.stem}.grid{index}{path.suffix}")
+
+
+def _train_one(
+    arch: str,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    n_classes: int,
+    settings: TrainSettings,
+    device: torch.device | str,
+    multi_label: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 1,
+    keep_final: bool = False,
+) -> TrainResult:
+    """Train ``arch`` on uint8 images; keep the epoch with the best validation AUC.
+
     Ties (and NaN AUC) fall back to validation accuracy, then to the earlier epoch.
-    With ``multi_label`` the labels are (N, ``n_classes``) 0/1 arrays, the loss is
-    ``BCEWithLogitsLoss`` on the logits, and AUC/ACC are the multi-label macro AUC and
-    label-wise accuracy of ``classification_metrics``.
+    With ``multi_label`` the labels are (N, ``n_classes``) 0/1 arrays (-1: uncertain, trained
+    on a soft target from ``settings.uncertain_labels``, see ``labels.soft_targets``), the
+    loss is ``BCEWithLogitsLoss`` on the logits, and AUC/ACC are the multi-label macro AUC and
+    label-wise accuracy of ``classification_metrics`` (uncertain entries left out).
 
     With ``checkpoint`` (a file path) the training state is saved there after every
     ``checkpoint_every``-th epoch (0: never) and resumed from it when it exists, is intact
     and was written for the same arch, settings, task, device type and data (see
     :func:`training_fingerprint`); otherwise training starts from epoch 0 with a log line
-    saying why. The file is deleted once training completes.
+    saying why. The file is deleted once training completes; with ``keep_final`` the final
+    epoch is saved too and the file kept, and a call that finds it returns the finished run
+    without training (a grid's completed points).
+
+    ``settings.freeze_backbone``: only the classifier head (``Architecture.head``, or the
+    custom ``settings.head``) is given to the optimiser; every other parameter has
+    ``requires_grad`` off and the backbone's BatchNorm layers stay in eval mode, so no
+    backbone parameter or buffer changes. ``settings.augment`` applies to training batches
+    only (``augment_batch``), never to the validation images.
     """
     train_images, train_labels = train
     val_images, val_labels = val
@@ -273,6 +461,8 @@ def train_classifier(
     device = torch.device(device)
     in_channels = 1 if train_images.ndim == 3 else train_images.shape[-1]
 
+    heads = (COMBINED_HEAD,) if settings.backbones else (head_prefix(arch),)
+
     def fresh() -> tuple[nn.Module, torch.optim.Optimizer, Any, torch.Generator]:
         seed_everything(settings.seed)
         model = build_model(
@@ -282,8 +472,12 @@ def train_classifier(
             train_images.shape[1],
             weights=settings.weights,
             weights_file=settings.weights_file,
+            head=settings.head,
+            backbones=settings.backbones,
+            weights_files=dict(settings.backbone_weights_files),
         ).to(device)
-        optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr)
+        trained = freeze_backbone(model, heads) if settings.freeze_backbone else model.parameters()
+        optimiser = torch.optim.Adam(trained, lr=settings.lr)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(
             optimiser, milestones=list(settings.milestones), gamma=settings.gamma
         )
@@ -293,9 +487,14 @@ def train_classifier(
     x_train = images_to_tensor(train_images)
     if multi_label:
         # BCE on logits (not sigmoid then BCE): numerically stable for confident outputs.
+        # It takes soft targets: an uncertain label (-1, own data) trains on a seeded draw from
+        # train.uncertain_labels, the same in every epoch and after a resume (labels.py).
         loss_fn: nn.Module = nn.BCEWithLogitsLoss()
-        y_train = torch.as_tensor(multi_label_array(train_labels, n_classes), dtype=torch.float32)
-        y_val = multi_label_array(val_labels, n_classes)
+        low, high = settings.uncertain_labels
+        y_train = torch.as_tensor(
+            soft_targets(multi_label_array(train_labels, n_classes), low, high, settings.seed)
+        )
+        y_val = multi_label_array(val_labels, n_classes)  # -1 kept: the metrics skip it
     else:
         loss_fn = nn.CrossEntropyLoss()
         y_train = torch.as_tensor(np.asarray(train_labels).reshape(-1), dtype=torch.long)
@@ -354,6 +553,8 @@ def train_classifier(
     for epoch in range(done + 1, settings.epochs + 1):
         started = time.perf_counter()
         model.train()
+        if settings.freeze_backbone:  # frozen running statistics too
+            backbone_norms_eval(model, heads)
         order = torch.randperm(len(x_train), generator=generator)
         running = 0.0
         for batch in range(n_batches):
@@ -361,6 +562,8 @@ def train_classifier(
             if len(idx) < 2 and n_batches > 1:
                 continue  # BatchNorm cannot train on a single image
             inputs, targets = x_train[idx].to(device), y_train[idx].to(device)
+            if settings.augment.active:
+                inputs = augment_batch(inputs, settings.augment, generator)
             optimiser.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 loss = loss_fn(model(inputs), targets)
@@ -399,7 +602,8 @@ def train_classifier(
             lr,
             row["seconds"],
         )
-        if path is not None and epoch < settings.epochs and epoch % checkpoint_every == 0:
+        last = epoch == settings.epochs
+        if path is not None and (keep_final and last or not last and epoch % checkpoint_every == 0):
             _save_checkpoint(
                 path,
                 {
@@ -421,7 +625,7 @@ def train_classifier(
                     },
                 },
             )
-    if checkpoint is not None:
+    if checkpoint is not None and not keep_final:
         Path(checkpoint).unlink(missing_ok=True)  # a finished run leaves only its outputs
     model.load_state_dict(best_state)
     model.eval()
@@ -429,3 +633,97 @@ def train_classifier(
         "best epoch %d: val_auc %.4f val_acc %.4f", best_epoch, best_val["auc"], best_val["acc"]
     )
     return TrainResult(model, pd.DataFrame(history), best_epoch, best_val)
+
+
+# --- one train job ----------------------------------------------------------------------------
+
+Split = tuple[np.ndarray, np.ndarray]  # images, labels
+
+
+def mask_outside(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """``images`` (N, H, W[, C] uint8) with every pixel outside ``masks`` (N, H, W; nonzero =
+    keep) set to 0, black."""
+    keep = np.asarray(masks) > 0
+    if images.ndim == 4:
+        keep = keep[..., None]
+    return np.where(keep, images, 0).astype(images.dtype)
+
+
+def masked_fold_split(
+    arrays: dict[str, np.ndarray], folds: pd.DataFrame, fold: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``data.fold_split`` with the training and validation images masked
+    (``mask_outside``, the dataset's ``{split}_masks``); the test images stay whole, so that
+    evaluation, perturbation and attribution see the same images as for any other model.
+    Every training and validation image needs a mask (``{split}_has_mask``)."""
+    from saliency_robustness.data import DataError, fold_split, pooled_train_val
+
+    splits = fold_split(arrays, folds, fold)
+    if "train_masks" not in arrays or "val_masks" not in arrays:
+        raise DataError(
+            "train.mask_background needs masks, and this dataset has none (only the synthetic "
+            "set and folder datasets with a mask column do); set mask_background: false."
+        )
+    masks = np.concatenate([arrays["train_masks"], arrays["val_masks"]])
+    has_mask = np.concatenate(
+        [
+            arrays.get(f"{split}_has_mask", np.ones(len(arrays[f"{split}_masks"]), dtype=bool))
+            for split in ("train", "val")
+        ]
+    )
+    images, _, _ = pooled_train_val(arrays)
+    if masks.shape[:3] != images.shape[:3]:
+        raise DataError(f"Masks {masks.shape} do not match the images {images.shape}.")
+    if not has_mask.all():
+        raise DataError(
+            f"train.mask_background: {int((~has_mask).sum())} of {len(has_mask)} training and "
+            "validation images have no mask, so their background cannot be removed. Give "
+            "every image a mask in the CSV's mask column, or set mask_background: false."
+        )
+    is_val = folds["fold"].to_numpy() == fold
+    for name, rows in (("train", ~is_val), ("val", is_val)):
+        split_images, labels = splits[name]
+        splits[name] = (mask_outside(split_images, masks[rows]), labels)
+    return splits
+
+
+def train_fold(
+    name: str,
+    train: dict,
+    arrays: dict[str, np.ndarray],
+    folds: pd.DataFrame,
+    fold: int,
+    n_classes: int,
+    seed: int,
+    device: torch.device | str,
+    multi_label: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 1,
+    relabel: Callable[[Split, Split], tuple[Split, Split]] | None = None,
+) -> tuple[TrainResult, dict[str, Split]]:
+    """One train job: the model ``name``'s settings (``model_specs.model_settings`` of the
+    config's ``train`` or the job's ``train_params``), the fold's splits (training and
+    validation images masked with ``mask_background``), then ``train_classifier``. Returns
+    the result and the splits (the test split as stored). ``relabel(train, val) -> (train,
+    val)`` replaces the labels (the shuffled-label sanity model)."""
+    from saliency_robustness.data import fold_split
+
+    spec = model_settings(name, train)
+    settings = TrainSettings.from_config(train, name, seed)
+    split = masked_fold_split if spec["mask_background"] else fold_split
+    splits = split(arrays, folds, fold)
+    train_set, val_set = splits["train"], splits["val"]
+    if relabel is not None:
+        train_set, val_set = relabel(train_set, val_set)
+    result = train_classifier(
+        spec["arch"],
+        train_set,
+        val_set,
+        n_classes,
+        settings,
+        device,
+        multi_label=multi_label,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+    )
+    return result, splits

@@ -52,6 +52,9 @@ FAST = {
     # One forward pass per channel of the CAM layer and image: layer1 has the fewest (64).
     "scorecam": {"cam_layer": "layer1", "batch_size": 64},
     "ablationcam": {"cam_layer": "layer1", "batch_size": 64},
+    "shap_partition": {"max_evals": 64},
+    "shap_gradient": {"n_samples": 4, "batch_size": 3},
+    "shap_kernel": {"n_samples": 64, "batch_size": 16},
 }
 # Methods that cost a forward pass per channel of the CAM layer run on fewer images.
 PER_CHANNEL = {"scorecam", "ablationcam"}
@@ -96,7 +99,7 @@ def test_maps_are_finite_with_input_shape_and_independent_of_batch_size(
 def test_every_method_documents_its_channel_rule():
     for name, method in METHODS.items():
         assert method.channel_reduction.strip(), name
-        assert method.library in {"captum", "pytorch-grad-cam", "control"}, name
+        assert method.library in {"captum", "pytorch-grad-cam", "shap", "control"}, name
 
 
 def test_integrated_gradients_completeness(model, images, predicted):

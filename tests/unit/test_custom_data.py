@@ -230,3 +230,105 @@ def test_mask_of_another_size_names_the_row(folder: Path) -> None:
     Image.fromarray(_disk_mask(32, 32, 0)).save(folder / "masks" / "val_001.png")
     with pytest.raises(DataError, match="line 23 .*mask val_001.png is 32x32 px but the image"):
         build_custom_dataset(_spec(folder), 28)
+
+
+# --- multi-level masks (layer maps) ------------------------------------------------------------
+
+
+def _layer_map(i: int) -> np.ndarray:
+    """Levels: 1 the drawn disk (the lesion), 2 a 2-pixel band around it, 3 the bottom rows."""
+    lesion = _disk_mask(28, 28, i) > 0
+    yy, xx = np.mgrid[0:28, 0:28]
+    cy, cx = 8 + i % 12, 10 + (3 * i) % 10
+    levels = np.zeros((28, 28), np.uint8)
+    levels[24:] = 3
+    levels[(yy - cy) ** 2 + (xx - cx) ** 2 <= 36] = 2
+    levels[lesion] = 1
+    return levels
+
+
+def _palette_png(levels: np.ndarray, path: Path) -> None:
+    """A label-map PNG as annotation tools write it: palette index = level, coloured palette
+    (index 1 red, 2 green, 3 blue: their luminances are not the levels)."""
+    image = Image.new("P", levels.shape[::-1])
+    image.putpalette([0, 0, 0, 200, 0, 0, 0, 200, 0, 0, 0, 200] + [0] * (256 * 3 - 12))
+    image.putdata(levels.ravel().tolist())
+    image.save(path)
+
+
+def test_layer_map_masks_are_read_as_levels(folder: Path) -> None:
+    levels = [_layer_map(i) for i in range(3)]
+    Image.fromarray(levels[0]).save(folder / "masks" / "train_000.png")  # 8-bit grayscale
+    _palette_png(levels[1], folder / "masks" / "train_001.png")
+    Image.fromarray(levels[2].astype(np.uint16)).save(folder / "masks" / "layers.tif")  # 16 bit
+    _edit_csv(folder, 2, mask="masks/layers.tif")
+    assert Image.open(folder / "masks" / "train_001.png").mode == "P"
+    arrays = build_custom_dataset(_spec(folder), 28)
+    for i in range(3):
+        np.testing.assert_array_equal(arrays["train_masks"][i], levels[i])
+    for i in range(3, N["train"]):  # the other masks are 0/255: binary, levels {0, 1}
+        np.testing.assert_array_equal(arrays["train_masks"][i], _disk_mask(28, 28, i) > 0)
+    resized = build_custom_dataset(_spec(folder), 64)["train_masks"]
+    for i in range(3):  # nearest neighbour: every pixel keeps one of the levels
+        expected = Image.fromarray(levels[i]).resize((64, 64), Image.Resampling.NEAREST)
+        np.testing.assert_array_equal(resized[i], np.asarray(expected))
+
+
+def test_binary_masks_of_every_encoding_read_as_before(folder: Path) -> None:
+    disk = _disk_mask(28, 28, 0) > 0
+    Image.fromarray(disk.astype(np.uint8)).save(folder / "masks" / "ones.png")  # 0/1
+    Image.fromarray(disk.astype(np.uint16) * 65535).save(folder / "masks" / "deep.tif")
+    Image.fromarray(disk).save(folder / "masks" / "bits.png")  # mode "1"
+    Image.fromarray(disk.astype(np.uint8) * 255).convert("RGB").save(folder / "masks" / "rgb.png")
+    Image.fromarray(disk.astype(np.uint8) * 255).save(folder / "masks" / "lossy.jpg", quality=75)
+    for row, name in enumerate(["ones.png", "deep.tif", "bits.png", "rgb.png", "lossy.jpg"]):
+        _edit_csv(folder, row, path="images/train_000.png", mask=f"masks/{name}")
+    masks = build_custom_dataset(_spec(folder), 28)["train_masks"]
+    for row in range(4):
+        np.testing.assert_array_equal(masks[row], disk, err_msg=str(row))
+    # JPEG: binary as before levels existed (compression noise is not a level)
+    jpeg = np.asarray(Image.open(folder / "masks" / "lossy.jpg").convert("L")).astype(float)
+    before = np.rint((jpeg - jpeg.min()) / (jpeg.max() - jpeg.min()) * 255) > 0
+    np.testing.assert_array_equal(masks[4], before)
+    assert set(np.unique(masks[4])) == {0, 1} and len(np.unique(jpeg)) > 2
+
+
+@pytest.mark.parametrize(
+    ("values", "shown"),
+    [
+        (np.array([0, 128, 255], np.uint8), "3 distinct values \\(0, 128, 255\\)"),
+        (np.arange(0, 256, 8, dtype=np.uint8), "32 distinct values \\(0, 8, 16, .*, \\.\\.\\.\\)"),
+        (np.array([0, 0.5, 1], np.float32), "3 distinct values \\(0, 0.5, 1\\)"),
+    ],
+)
+def test_ambiguous_mask_names_the_row_the_file_and_the_fix(
+    folder: Path, values: np.ndarray, shown: str
+) -> None:
+    ambiguous = values[np.arange(28 * 28) % len(values)].reshape(28, 28)
+    suffix = ".tif" if values.dtype == np.float32 else ".png"
+    Image.fromarray(ambiguous).save(folder / "masks" / f"odd{suffix}")
+    _edit_csv(folder, 4, mask=f"masks/odd{suffix}")
+    assert spec_errors("mine", _spec(folder), 2) == []  # needs decoding: the data rule's check
+    with pytest.raises(DataError) as error:
+        build_custom_dataset(_spec(folder), 28)
+    message = str(error.value)
+    assert f"line 6 (path 'images/train_004.png'): mask odd{suffix} has " in message
+    assert re.search(shown, message), message
+    assert "neither binary (0 and one other value, e.g. 0/255) nor levels" in message
+    assert "Save a binary mask with a single foreground value, or a layer map" in message
+
+
+def test_ring_width_is_for_synthetic_sets(folder: Path) -> None:
+    errors = spec_errors("mine", _spec(folder, ring_width=2), 2)
+    assert errors == [
+        "data.custom.mine.ring_width applies to the synthetic source only; for own data draw "
+        "the layers into the mask files as levels (config/README.md) and remove ring_width."
+    ]
+    assert spec_errors("mine", _spec(folder, ring_width=0), 2) == []
+    spec = {"source": "synthetic", "task": "binary-class", "ring_width": 2}
+    spec["splits"] = {"train": 4, "val": 2, "test": 6}
+    arrays = build_custom_dataset(spec, 28)
+    plain = build_custom_dataset({**spec, "ring_width": 0}, 28)
+    np.testing.assert_array_equal(arrays["test_images"], plain["test_images"])
+    np.testing.assert_array_equal(arrays["test_masks"] == 1, plain["test_masks"] == 1)
+    assert set(np.unique(arrays["test_masks"])) == {0, 1, 2} and arrays["test_has_mask"].all()

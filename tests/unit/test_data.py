@@ -19,6 +19,7 @@ from saliency_robustness.data import (
     dataset_info,
     download,
     fold_split,
+    folds_in_paths,
     load_npz,
     load_perturbed,
     make_folds,
@@ -489,6 +490,13 @@ def test_load_perturbed_round_trip(tmp_path, breast):
         assert all(type(s) is int for s in got_severities)
         assert got_stack.dtype == np.uint8
         np.testing.assert_array_equal(got_stack, stack)
+
+
+def test_folds_in_paths_reads_the_fold_folders():
+    paths = [f"results/models/d/a/fold{k}/model.pt" for k in (3, 0, 3)]
+    assert folds_in_paths(paths) == [0, 3]
+    with pytest.raises(ValueError, match="not a per-fold file"):
+        folds_in_paths(["results/models/d/a/model.pt"])
 
 
 def test_medmnist_info_snapshot_equals_the_installed_package():

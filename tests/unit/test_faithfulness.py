@@ -10,7 +10,9 @@ from torch import nn
 
 from saliency_robustness.attribution import compute_maps
 from saliency_robustness.faithfulness import (
+    FAITHFULNESS_METRICS,
     FaithfulnessSettings,
+    binary_mask_confidence_change,
     confidence_change,
     curve_auc,
     deletion_insertion_curves,
@@ -214,3 +216,123 @@ def test_faithfulness_summaries_hold_intervals_that_narrow_with_more_images():
         return (rows["mean_ci_high"] - rows["mean_ci_low"]).to_numpy()
 
     assert (width(large) < width(over) / 2).all()
+
+
+# --- covering modes: darken (default) and binary_mask ---------------------------------------
+
+
+CONFIDENCE = ["confidence_change", "drop_in_confidence", "increase_in_confidence"]
+
+
+def _region_model() -> Linear:
+    """Class 1's logit depends only on the 3x3 region at rows/columns 3:6."""
+    model = Linear(scale=0.0)
+    with torch.no_grad():
+        model.layer.weight[1].view(SIZE, SIZE)[3:6, 3:6] = 0.5
+    return model.eval()
+
+
+def test_binary_mask_covering_drops_confidence_only_over_the_evidence():
+    model = _region_model()
+    images = np.full((3, SIZE, SIZE), 200, np.uint8)
+    targets = np.ones(3, int)
+    inputs = images_to_tensor(images)
+    maps = np.zeros((3, SIZE, SIZE), np.float32)
+    maps[0, 3:6, 3:6] = 1.0  # the region the model reads
+    maps[1, 0:2, :] = 1.0  # elsewhere
+    maps[1, 3:6, 3:6] = 0.49  # just below the threshold: kept
+    maps[2, 3:6, 3:6] = 0.5  # at the threshold: covered (>=)
+    change = binary_mask_confidence_change(model, inputs, maps, targets, threshold=0.5)
+    # by hand: the covered pixels set to black (-1); p1 = sigmoid(w . x) for two classes
+    x = inputs.flatten(1).numpy().astype(np.float64)
+    weights = model.layer.weight[1].detach().numpy().astype(np.float64)
+    covered = np.where(maps.reshape(3, -1) >= 0.5, -1.0, x)
+    expected = 1 / (1 + np.exp(-(covered @ weights))) - 1 / (1 + np.exp(-(x @ weights)))
+    np.testing.assert_allclose(change, expected, atol=1e-6)
+    assert change[0] < -0.5 and change[2] < -0.5  # evidence removed: confidence drops
+    assert abs(change[1]) < 1e-6  # covering pixels the model ignores changes nothing
+    # darkening by the same maps is the other mode: it keeps the salient pixels
+    darken = confidence_change(model, inputs, maps, targets)
+    assert abs(darken[0]) < 0.01 and darken[1] < -0.5
+
+
+def test_covering_modes_in_the_table_and_summaries(images):
+    model = _region_model()
+    targets = np.ones(len(images), int)
+    maps = np.random.default_rng(4).random((len(images), SIZE, SIZE)).astype(np.float32)
+    base = {"steps": 2, "road_percentiles": (50,), "infidelity_samples": 0}
+    default = faithfulness(model, images, maps, targets, FaithfulnessSettings(**base))
+    both = faithfulness(
+        model,
+        images,
+        maps,
+        targets,
+        FaithfulnessSettings(**base, covering=("darken", "binary_mask"), binary_threshold=0.7),
+    )
+    suffixed = [f"{m}_binary_mask" for m in CONFIDENCE]
+    assert not set(suffixed) & set(default.columns)  # the default table is today's
+    pd.testing.assert_frame_equal(both.drop(columns=suffixed), default)
+    by_hand = binary_mask_confidence_change(
+        model, images_to_tensor(images), maps, targets, threshold=0.7
+    )
+    np.testing.assert_allclose(both["confidence_change_binary_mask"], by_hand)
+    np.testing.assert_allclose(both["drop_in_confidence_binary_mask"], np.maximum(-by_hand, 0))
+    assert (both["increase_in_confidence_binary_mask"] == (by_hand > 0)).all()
+    only = faithfulness(
+        model, images, maps, targets, FaithfulnessSettings(**base, covering=("binary_mask",))
+    )
+    assert not set(CONFIDENCE) & set(only.columns) and set(suffixed) <= set(only.columns)
+    keys = {"dataset": "d", "arch": "a", "fold": 0, "method": "m", "perturbation": "none"}
+    table = both.assign(**keys, severity=np.int8(0), image_index=np.arange(len(images)))
+    summary = summarise_faithfulness(table, n_resamples=100)
+    drops = summary.set_index("metric")["mean"]
+    np.testing.assert_allclose(
+        drops["drop_in_confidence_binary_mask"], np.maximum(-by_hand, 0).mean(), rtol=1e-6
+    )
+    assert {"drop_in_confidence", "drop_in_confidence_binary_mask"} <= set(drops.index)
+    assert FAITHFULNESS_METRICS["drop_in_confidence_binary_mask"] is True  # removal: drop is good
+
+
+def test_faithfulness_figure_shows_the_binary_mask_drop(monkeypatch, tmp_path):
+    from saliency_robustness import plots
+
+    rows = faithfulness_rows(8)
+    rows["drop_in_confidence_binary_mask"] = 0.3
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda figure, path, dpi: figures.append(figure))
+    plots.faithfulness_vs_severity(summarise_faithfulness(rows, n_resamples=100), tmp_path / "f")
+    titles = {ax.get_title() for ax in figures[0].axes}
+    assert {"deletion_auc", "drop_in_confidence_binary_mask", "infidelity"} <= titles
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"covering": ("blur",)}, "covering: unknown or no modes \\['blur'\\]"),
+        ({"covering": ()}, "covering: unknown or no modes"),
+        ({"binary_threshold": 0.0}, "binary_threshold must lie in \\(0, 1\\]"),
+        ({"binary_threshold": 1.5}, "binary_threshold must lie in \\(0, 1\\]"),
+    ],
+)
+def test_bad_covering_settings_are_named(settings: dict, message: str):
+    with pytest.raises(ValueError, match=message):
+        FaithfulnessSettings(**settings)
+
+
+def test_covering_keys_are_checked_by_the_schema():
+    from pathlib import Path
+
+    from saliency_robustness.config_schema import load_schema, schema_errors
+
+    repo = Path(__file__).resolve().parents[2]
+    schema = load_schema(repo / "workflow" / "schemas" / "config.schema.yaml")
+    good = {"analysis": {"faithfulness": {"covering": ["darken", "binary_mask"]}}}
+    assert schema_errors(good, schema) == []
+    bad = {"analysis": {"faithfulness": {"covering": ["blur"], "binary_threshold": 0}}}
+    errors = schema_errors(bad, schema)
+    assert any(
+        e.startswith("analysis.faithfulness.covering.0: 'blur' is not one of") for e in errors
+    )
+    assert any(
+        e.startswith("analysis.faithfulness.binary_threshold: 0 is less than") for e in errors
+    )

@@ -48,6 +48,64 @@ def test_exact_scores_of_hand_made_maps() -> None:
     np.testing.assert_allclose(scores["mask_fraction"], 49 / 784)
 
 
+def _layer_masks(n: int) -> np.ndarray:
+    """Levels: 1 on the 7x7 lesion at 5:12, 2 on the 2-pixel band around it (3:14), 0 else."""
+    levels = np.zeros((n, 28, 28), dtype=np.uint8)
+    levels[:, 3:14, 3:14] = 2
+    levels[:, 5:12, 5:12] = 1
+    return levels
+
+
+def _peak_at(*pixels: tuple[int, int]) -> np.ndarray:
+    """A map of small noise-free background values with its maximum at ``pixels``."""
+    values = np.linspace(0.0, 0.5, 28 * 28).reshape(28, 28)
+    for row, col in pixels:
+        values[row, col] = 1.0
+    return values
+
+
+def test_graded_hit_scores_the_level_of_the_peak() -> None:
+    levels = _layer_masks(6)
+    maps = np.stack(
+        [
+            _peak_at((8, 8)),  # lesion (level 1): 3
+            _peak_at((3, 10)),  # band around it (level 2): 2
+            _peak_at((20, 20)),  # background: -1
+            np.full((28, 28), 0.3),  # constant: no peak, NaN as for hit
+            _peak_at((8, 8), (20, 20)),  # tie lesion / background: mean (3 - 1) / 2
+            _peak_at((3, 3), (4, 4), (8, 8)),  # tie of two band pixels and one lesion pixel
+        ]
+    )
+    scores = localisation_scores(maps, levels, 10)
+    np.testing.assert_array_equal(scores["graded_hit"][[0, 1, 2, 4, 5]], [3, 2, -1, 1, 7 / 3])
+    assert np.isnan(scores["graded_hit"][3])
+    # hit counts every level >= 1 as inside; the first maximum in row-major order decides
+    np.testing.assert_array_equal(scores["hit"][[0, 1, 2, 4, 5]], [1, 1, 0, 1, 1])
+    n_lesion, n_band = 49, 121 - 49
+    chance = (3 * n_lesion + 2 * n_band - 1 * (784 - 121)) / 784
+    np.testing.assert_allclose(scores["graded_hit_chance"], chance)
+    np.testing.assert_allclose(scores["mask_fraction"], 121 / 784)
+    # the other scores see the levels as one mask: the same as its boolean version
+    binary = localisation_scores(maps, levels > 0, 10)
+    for name in ("hit", "energy", "iou", "dice", "mask_fraction"):
+        np.testing.assert_array_equal(scores[name], binary[name], err_msg=name)
+    # a binary mask (the lesion alone): 3 inside, -1 outside
+    lesion_only = localisation_scores(maps, levels == 1, 10)
+    np.testing.assert_array_equal(lesion_only["graded_hit"][[0, 1, 2]], [3, -1, -1])
+    # the score table is configurable (localisation.graded_hit_scores / _background)
+    custom = localisation_scores(maps, levels, 10, graded_scores=[1, 0.5], graded_background=0)
+    np.testing.assert_array_equal(custom["graded_hit"][[0, 1, 2, 4]], [1, 0.5, 0, 0.5])
+
+
+def test_graded_hit_needs_a_score_for_every_level() -> None:
+    levels = _layer_masks(1)
+    levels[0, 0, 0] = 3
+    with pytest.raises(ValueError, match="level 3 but localisation.graded_hit_scores gives "):
+        localisation_scores(_peak_at((8, 8))[None], levels, 10, graded_scores=[3, 2])
+    with pytest.raises(ValueError, match="whole numbers"):
+        localisation_scores(_peak_at((8, 8))[None], levels * 0.5, 10)
+
+
 def test_empty_mask_is_refused() -> None:
     masks = _square_mask(2)
     masks[1] = False
@@ -113,6 +171,44 @@ def test_table_skips_images_without_a_lesion_and_summarises() -> None:
     assert summary["hit_mean"].eq(1).all() and summary["n_images"].eq(n_lesions).all()
     with pytest.raises(ValueError, match="has 4 masks"):
         localisation(_saliency_rows(10, masks), masks[:4], 10)
+
+
+def test_ring_masks_grade_a_map_that_peaks_next_to_the_lesion() -> None:
+    """Synthetic lesions with a 2-pixel ring (level 2): a map that is the ring scores 2, one
+    that is the lesion 3, in the per-image table and its summary."""
+    data = make_synthetic(10, 28, 1, 0, "binary-class", ring_width=2)
+    levels = data["test_masks"]
+    n_lesions = int((levels == 1).reshape(10, -1).any(axis=1).sum())
+    on_ring = localisation(_saliency_rows(10, levels == 2), levels, 10)
+    on_lesion = localisation(_saliency_rows(10, levels == 1), levels, 10)
+    assert len(on_ring) == 2 * n_lesions  # lesion-free images are skipped as before
+    assert (on_ring["graded_hit"] == 2).all() and (on_lesion["graded_hit"] == 3).all()
+    assert (on_ring["hit"] == 1).all()  # the ring is inside the mask for the pointing game
+    summary = summarise_localisation(on_ring, n_resamples=100)
+    np.testing.assert_array_equal(summary["graded_hit_mean"], 2.0)
+    np.testing.assert_array_equal(summary[["graded_hit_ci_low", "graded_hit_ci_high"]], 2.0)
+    lesion = (levels == 1).reshape(10, -1).any(axis=1)
+    by_hand = np.where(levels == 1, 3, np.where(levels == 2, 2, -1))[lesion].mean(axis=(1, 2))
+    np.testing.assert_allclose(summary["graded_hit_chance_mean"], by_hand.mean())
+
+
+def test_localisation_figure_has_the_graded_hit_rate_on_its_own_scale(monkeypatch, tmp_path):
+    from saliency_robustness import plots
+
+    data = make_synthetic(10, 28, 1, 0, "binary-class", ring_width=2)
+    levels = data["test_masks"]
+    summary = summarise_localisation(
+        localisation(_saliency_rows(10, levels == 1), levels, 10), n_resamples=100
+    )
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda figure, path, dpi: figures.append(figure))
+    plots.localisation_vs_severity(summary, tmp_path / "localisation.png")
+    limits = [ax.get_ylim() for ax in figures[0].axes]  # four scores x one perturbation
+    assert len(limits) == 4 and limits[:3] == [(0, 1.02)] * 3
+    chance = summary["graded_hit_chance_mean"].mean()
+    assert limits[3][0] < chance < 3 < limits[3][1]  # graded row: own scale, chance line shown
+    plots.localisation_vs_severity(summary.drop(columns=["graded_hit_mean"]), tmp_path / "old.png")
+    assert len(figures[1].axes) == 3  # summaries from before the graded hit rate still plot
 
 
 def _score_rows(n_images: int, n_folds: int = 3, seed: int = 0) -> pd.DataFrame:
@@ -233,3 +329,47 @@ def test_perturbed_maps_are_scored_against_the_clean_masks(lesion_model) -> None
     by_severity = table.groupby("severity")["energy"].mean()
     assert by_severity[0] > 1.5 * masks.mean()  # clean Grad-CAM concentrates on the lesion
     assert np.isfinite(by_severity[5])
+
+
+def test_graded_hit_and_ring_keys_are_checked_by_the_schema() -> None:
+    from pathlib import Path
+
+    from saliency_robustness.config_schema import load_schema, schema_errors
+
+    schema = load_schema(
+        Path(__file__).resolve().parents[2] / "workflow/schemas/config.schema.yaml"
+    )
+    good = {
+        "localisation": {"graded_hit_scores": [3, 2.5], "graded_hit_background": -2},
+        "data": {"custom": {"lesions": {"source": "synthetic", "ring_width": 3}}},
+    }
+    assert schema_errors(good, schema) == []
+    bad = {
+        "localisation": {"graded_hit_scores": [], "graded_hit_background": "low"},
+        "data": {"custom": {"lesions": {"source": "synthetic", "ring_width": -1}}},
+    }
+    errors = schema_errors(bad, schema)
+    assert any(
+        e.startswith("localisation.graded_hit_scores: [] should be non-empty") for e in errors
+    )
+    assert any(e.startswith("localisation.graded_hit_background: 'low' is not") for e in errors)
+    assert any(e.startswith("data.custom.lesions.ring_width: -1 is less than") for e in errors)
+
+
+def test_a_synthetic_ring_needs_a_level_2_score_at_config_time() -> None:
+    from saliency_robustness.localisation import graded_hit_config_errors
+
+    ringed = {"source": "synthetic", "ring_width": 2}
+    config = {
+        "data": {"datasets": ["lesions"], "custom": {"lesions": ringed}},
+        "localisation": {"graded_hit_scores": [3], "graded_hit_background": -1},
+    }
+    assert graded_hit_config_errors(config) == [
+        "localisation.graded_hit_scores lists 1 score(s) but data.custom.lesions.ring_width "
+        "makes mask level 2 (the ring); list a score for level 2 as well, e.g. [3, 2]."
+    ]
+    config["localisation"]["graded_hit_scores"] = [3, 2]
+    assert graded_hit_config_errors(config) == []
+    config["localisation"]["graded_hit_scores"] = [3]
+    config["data"]["custom"]["lesions"]["ring_width"] = 0  # binary masks: level 1 only
+    assert graded_hit_config_errors(config) == []

@@ -90,3 +90,29 @@ def test_bad_arguments_are_named() -> None:
         make_synthetic(4, 28, 2, 0, "multi-class")
     with pytest.raises(DataError, match="positive count"):
         make_synthetic({"train": 4, "val": 0, "test": 4}, 28, 1, 0, "multi-class")
+
+
+@pytest.mark.parametrize("task", ["binary-class", "multi-class", "multi-label"])
+def test_ring_width_adds_level_2_around_each_lesion_and_keeps_the_images(task: str) -> None:
+    from skimage.morphology import disk
+
+    plain = make_synthetic(12, 48, 1, 4, task)
+    default = make_synthetic(12, 48, 1, 4, task, ring_width=0)
+    ringed = make_synthetic(12, 48, 1, 4, task, ring_width=2)
+    for split in SPLITS:
+        for key in ("images", "labels", "masks"):  # ring_width 0: today's arrays, bit for bit
+            np.testing.assert_array_equal(default[f"{split}_{key}"], plain[f"{split}_{key}"])
+        for key in ("images", "labels"):  # the ring is a layer of the mask only
+            np.testing.assert_array_equal(ringed[f"{split}_{key}"], plain[f"{split}_{key}"])
+        masks, levels = plain[f"{split}_masks"].astype(bool), ringed[f"{split}_masks"]
+        assert levels.dtype == np.uint8 and set(np.unique(levels)) <= {0, 1, 2}
+        np.testing.assert_array_equal(levels == 1, masks)
+        for mask, level in zip(masks, levels, strict=True):
+            # by hand: pixels within Euclidean distance 2 of the lesion (a radius-2 disk
+            # dilation), the lesion itself excluded; lesion-free images stay all background
+            band = binary_dilation(mask, structure=disk(2).astype(bool)) & ~mask
+            np.testing.assert_array_equal(level == 2, band)
+    with pytest.raises(DataError, match="ring_width must be >= 0"):
+        make_synthetic(4, 28, 1, 0, "multi-class", ring_width=-1)
+    with pytest.raises(DataError, match="ring_width must be an integer"):
+        make_synthetic(4, 28, 1, 0, "multi-class", ring_width=1.5)

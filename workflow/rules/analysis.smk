@@ -22,8 +22,7 @@ rule faithfulness:
     resources:
         gpu=config["resources"]["attribute"]["gpus"],
     params:
-        settings=config["analysis"]["faithfulness"],
-        folds=FOLDS,
+        settings=faithfulness_settings,
         members=ensemble_members,
         method_params=method_params,
         seed=config["seed"],

@@ -25,7 +25,6 @@ rule attribute_clean:
         gpu=config["resources"]["attribute"]["gpus"],
     params:
         # only what this job uses: editing another method or ensemble leaves it alone
-        folds=FOLDS,
         members=ensemble_members,
         method_params=method_params,
         max_images=config["attribute"]["max_images"],
@@ -35,7 +34,6 @@ rule attribute_clean:
         precision=config["attribute"]["precision"],
         seed=config["seed"],
         device=config["device"],
-        weights=config["train"]["weights"],
     script:
         "../scripts/attribute_clean.py"
 
@@ -58,13 +56,11 @@ rule attribute:
         gpu=config["resources"]["attribute"]["gpus"],
     params:
         # the clean table fixes the images and targets (max_images, target, top_k_targets)
-        folds=FOLDS,
         members=ensemble_members,
         method_params=method_params,
         batch_size=config["attribute"]["batch_size"],
         precision=config["attribute"]["precision"],
         seed=config["seed"],
         device=config["device"],
-        weights=config["train"]["weights"],
     script:
         "../scripts/attribute.py"

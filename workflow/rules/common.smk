@@ -99,7 +99,12 @@ def custom_dataset_inputs(wildcards):
 
 
 def custom_dataset_spec(wildcards):
-    return CUSTOM[wildcards.dataset]
+    """The dataset's config entry; ring_width only where set (> 0), so that datasets built
+    before the key existed keep their params and are not rebuilt."""
+    spec = dict(CUSTOM[wildcards.dataset])
+    if not spec.get("ring_width"):
+        spec.pop("ring_width", None)
+    return spec
 
 
 def has_masks(dataset):
@@ -145,6 +150,18 @@ def bootstrap_params(wildcards):
         "confidence": config["metrics"]["confidence"],
         "seed": config["seed"],
     }
+
+
+def faithfulness_settings(wildcards):
+    """analysis.faithfulness without the covering keys at their defaults (covering [darken];
+    binary_threshold only matters with binary_mask), so that finished faithfulness jobs
+    keep their params and editing an unused threshold reruns nothing."""
+    settings = dict(config["analysis"]["faithfulness"])
+    if settings.get("covering") == ["darken"]:
+        del settings["covering"]
+    if "binary_mask" not in settings.get("covering", []):
+        settings.pop("binary_threshold", None)
+    return settings
 
 
 def perturbed_files(wildcards):
@@ -413,12 +430,27 @@ def colour_preview_outputs():
     return [COLOUR_PREVIEW] if any(_n_channels(d) == 3 for d in DATASETS) else []
 
 
+def has_uncertain_labels(dataset):
+    """Whether a multi-label folder dataset's CSV marks a label uncertain (name:-1)."""
+    from saliency_robustness.labels import csv_has_uncertain_labels
+
+    spec = CUSTOM.get(dataset) or {}
+    if spec.get("source") != "folder" or spec.get("task") != "multi-label":
+        return False
+    path = _custom_csv(spec)
+    return path.is_file() and csv_has_uncertain_labels(path)
+
+
 def train_settings(wildcards):
-    """train settings of this job's architecture only: adding an architecture or ensemble,
-    or another architecture's weights file, changes no finished train job's params;
-    checkpoint_every changes no result and is read from the config by the script."""
-    skipped = ("architectures", "ensembles", "weights_files", "checkpoint_every")
-    settings = {k: v for k, v in config["train"].items() if k not in skipped}
-    own = config["train"]["weights_files"].get(wildcards.arch)
-    settings["weights_files"] = {wildcards.arch: own} if own else {}
+    """train settings of this job's model only (model_specs.train_params: a variant's
+    overrides applied, options only where not at their defaults): adding an architecture,
+    variant or ensemble, or another architecture's weights file, changes no finished train
+    job's params; checkpoint_every changes no result and is read from the config by the
+    script; uncertain_labels only where the dataset has uncertain labels (the others draw
+    none)."""
+    from saliency_robustness.model_specs import train_params
+
+    settings = train_params(wildcards.arch, config["train"])
+    if not has_uncertain_labels(wildcards.dataset):
+        settings.pop("uncertain_labels", None)
     return settings

@@ -19,6 +19,5 @@ rule evaluate:
         batch_size=config["evaluate"]["batch_size"],
         device=config["device"],
         members=ensemble_members,
-        weights=config["train"]["weights"],
     script:
         "../scripts/evaluate.py"

@@ -12,6 +12,7 @@ rule localisation:
         "../../envs/metrics.yaml"
     params:
         top_k_percent=config["metrics"]["top_k_percent"],
+        graded_hit=config["localisation"],
     script:
         "../scripts/localisation.py"
 

@@ -8,7 +8,7 @@ from saliency_robustness.attribution import (
     saliency_schema,
     trained_models_by_fold,
 )
-from saliency_robustness.data import dataset_info, load_npz
+from saliency_robustness.data import dataset_info, folds_in_paths, load_npz
 from saliency_robustness.evaluation import is_multi_label
 from saliency_robustness.logs import log_to_file
 from saliency_robustness.models import resolve_device
@@ -27,8 +27,9 @@ device = resolve_device(params.device)
 def tables():
     """One fold at a time: a fold's table is written before the next model loads."""
     for fold, model in trained_models_by_fold(
-        snakemake.input.models, params.folds, wc.arch, params.members, info, images.shape[1],
-        device, params.weights,
+        snakemake.input.models, folds_in_paths(snakemake.input.models),
+        wc.arch, params.members, info, images.shape[1],
+        device, train=snakemake.config["train"],  # each model's resolved settings (model_specs)
     ):  # fmt: skip
         yield attribute_clean(
             model,

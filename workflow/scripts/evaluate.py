@@ -23,7 +23,8 @@ model = load_trained_model(
     images.shape[1],
     device,
     {wc.arch: snakemake.params.members} if snakemake.params.members else {},
-    weights=snakemake.params.weights,
+    # each model (every member) with its resolved settings: a variant's base, weights, head
+    train=snakemake.config["train"],
 )
 predictions, metrics = evaluate_model(
     model,

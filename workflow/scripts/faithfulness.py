@@ -5,7 +5,7 @@ import pandas as pd
 import torch
 
 from saliency_robustness.attribution import model_method_params, trained_models_by_fold
-from saliency_robustness.data import dataset_info, load_npz, load_perturbed
+from saliency_robustness.data import dataset_info, folds_in_paths, load_npz, load_perturbed
 from saliency_robustness.evaluation import is_multi_label
 from saliency_robustness.faithfulness import FaithfulnessSettings, faithfulness_table
 from saliency_robustness.logs import log_to_file
@@ -23,15 +23,20 @@ for name, (severities, stack) in load_perturbed(snakemake.input.perturbed).items
 device = resolve_device(params.device)
 cfg = dict(params.settings)
 severities = cfg.pop("severities")
+# covering and binary_threshold are left out of the params at their defaults (common.smk)
+cfg["road_percentiles"] = tuple(cfg["road_percentiles"])
+if "covering" in cfg:
+    cfg["covering"] = tuple(cfg["covering"])
 settings = FaithfulnessSettings(
-    **{**cfg, "road_percentiles": tuple(cfg["road_percentiles"])},
+    **cfg,
     seed=params.seed,
     multi_label=is_multi_label(info.task),
 )
 tables = []
 for fold, model in trained_models_by_fold(
-    snakemake.input.models, params.folds, wc.arch, params.members, info, clean.shape[1], device,
-    snakemake.config["train"]["weights"],
+    snakemake.input.models, folds_in_paths(snakemake.input.models),
+    wc.arch, params.members, info, clean.shape[1], device,
+    train=snakemake.config["train"],  # each model's resolved settings (model_specs)
 ):  # fmt: skip
     tables.append(
         faithfulness_table(

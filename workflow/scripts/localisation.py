@@ -15,10 +15,16 @@ with np.load(snakemake.input.data, allow_pickle=False) as npz:
     masks = npz["test_masks"]
     has_mask = npz["test_has_mask"] if "test_has_mask" in npz.files else None
 paths = list(snakemake.input.saliency)
+graded = snakemake.params.graded_hit
 table = pd.concat(
     [
         localisation(
-            read_saliency(paths, fold=fold), masks, snakemake.params.top_k_percent, has_mask
+            read_saliency(paths, fold=fold),
+            masks,
+            snakemake.params.top_k_percent,
+            has_mask,
+            graded_scores=graded["graded_hit_scores"],
+            graded_background=graded["graded_hit_background"],
         )
         for fold in saliency_folds(paths)
     ],

@@ -32,7 +32,7 @@ model = load_trained_model(
     images.shape[1],
     device,
     ensembles,
-    weights=snakemake.config["train"]["weights"],
+    train=snakemake.config["train"],  # each model's resolved settings (model_specs)
 )
 params = model_method_params(wc.method, snakemake.params.method_params, model, images.shape[1])
 targets = clean["target"].to_numpy()
@@ -46,7 +46,7 @@ if hasattr(snakemake.input, "shuffled_model"):  # a Namedlist: `in` tests values
         images.shape[1],
         device,
         ensembles,
-        weights=snakemake.config["train"]["weights"],
+        train=snakemake.config["train"],
     )
     table = data_randomisation(
         model, shuffled, images, targets, wc.method, params,

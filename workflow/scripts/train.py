@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import torch
 
-from saliency_robustness.data import dataset_info, fold_split, load_npz
+from saliency_robustness.data import dataset_info, load_npz
 from saliency_robustness.evaluation import (
     classification_metrics,
     is_multi_label,
@@ -15,24 +15,23 @@ from saliency_robustness.evaluation import (
 from saliency_robustness.logs import log_to_file
 from saliency_robustness.models import resolve_device, save_weights
 from saliency_robustness.tables import atomic_path, write_parquet
-from saliency_robustness.training import TrainSettings, checkpoint_path, train_classifier
+from saliency_robustness.training import checkpoint_path, train_fold
 
 log_to_file(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 fold = int(snakemake.wildcards.fold)
 info = dataset_info(snakemake.wildcards.dataset, snakemake.config["data"])
-splits = fold_split(load_npz(snakemake.input.data), pd.read_parquet(snakemake.input.folds), fold)
-settings = TrainSettings.from_config(
-    snakemake.params.train, snakemake.wildcards.arch, snakemake.params.seed + fold
-)
 device = resolve_device(snakemake.params.device)
 multi_label = is_multi_label(info.task)
-result = train_classifier(
+# params.train: this model's resolved settings (a variant's overrides applied)
+result, splits = train_fold(
     snakemake.wildcards.arch,
-    splits["train"],
-    splits["val"],
+    snakemake.params.train,
+    load_npz(snakemake.input.data),
+    pd.read_parquet(snakemake.input.folds),
+    fold,
     info.n_classes,
-    settings,
+    snakemake.params.seed + fold,
     device,
     multi_label=multi_label,
     # Beside model.pt but not a declared output, so it survives the removal of a failed or
@@ -57,6 +56,9 @@ summary = {
     "n_train": len(splits["train"][0]),
     "n_val": len(splits["val"][0]),
 }
+if result.grid is not None:  # train.grid: every point's validation scores, and the kept one
+    summary["grid"] = result.grid
+    summary["chosen"] = result.grid[result.chosen]
 if multi_label:  # per-label test metrics, keyed by label name
     summary["test_per_label"] = {
         row.pop("label"): row
