@@ -42,6 +42,18 @@ def _unknown_key_messages(error: jsonschema.ValidationError) -> list[str]:
     return messages
 
 
+def _alternatives_message(error: jsonschema.ValidationError) -> str:
+    """A oneOf/anyOf violation (e.g. ``train.head``: null or {hidden, dropout}) as the reason
+    inside the alternative whose type fits the value, rather than jsonschema's "is not valid
+    under any of the given schemas"; without one, every alternative's type is listed."""
+    inner = [sub for sub in error.context if sub.validator != "type"]
+    if inner:
+        deepest = max(inner, key=lambda sub: len(sub.absolute_path))
+        return f"{_location(deepest.absolute_path)}: {deepest.message}."
+    types = "; ".join(dict.fromkeys(sub.message for sub in error.context))
+    return f"{_location(error.absolute_path)}: {types}." if types else f"{error.message}."
+
+
 def schema_errors(config: Mapping, schema: Mapping) -> list[str]:
     """Every schema violation of ``config``, one short line each (empty when valid)."""
     validator_class = jsonschema.validators.validator_for(schema)
@@ -50,6 +62,8 @@ def schema_errors(config: Mapping, schema: Mapping) -> list[str]:
     for error in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.path))):
         if error.validator == "additionalProperties" and error.schema.get("properties"):
             messages += _unknown_key_messages(error)
+        elif error.validator in ("oneOf", "anyOf") and error.context:
+            messages.append(_alternatives_message(error))
         else:
             messages.append(f"{_location(error.absolute_path)}: {error.message}.")
     return list(dict.fromkeys(messages))

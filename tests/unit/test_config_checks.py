@@ -58,6 +58,25 @@ def test_nested_typo_and_range_errors_are_one_line_each():
     assert all("\n" not in e for e in errors)
 
 
+@pytest.mark.parametrize(
+    ("section", "key", "value", "expected"),
+    [
+        ("train", "head", {"hidden": 0}, "train.head.hidden: 0 is less than the minimum of 1."),
+        ("train", "head", 5, "train.head: 5 is not of type 'null'; 5 is not of type 'object'."),
+        ("perturb", "perturbations", "autox", "perturb.perturbations: 'auto' was expected."),
+    ],
+)
+def test_a_value_with_alternatives_gets_the_reason_inside_the_fitting_one(
+    section, key, value, expected
+):
+    """A key that takes one of several forms (null or a mapping, a list or `auto`) reports
+    what is wrong inside the form the value has, not "not valid under any of the given
+    schemas"."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config[section][key] = value
+    assert schema_errors(config, SCHEMA) == [expected]
+
+
 def test_valid_config_has_no_schema_errors():
     assert (
         schema_errors(yaml.safe_load((REPO / "config" / "config.yaml").read_text()), SCHEMA) == []
