@@ -55,6 +55,7 @@ from saliency_robustness.models import (
     get_layer,
     images_to_tensor,
     load_trained_model,
+    scale_pixels,
     token_grid,
 )
 from saliency_robustness.registry import lookup
@@ -804,6 +805,14 @@ class _TargetOutput(nn.Module):
         return self.model(x)[:, self.target : self.target + 1]
 
 
+def _target_outputs(model: nn.Module, batches: Iterator[torch.Tensor], target: int) -> np.ndarray:
+    """``model(x)[:, target]`` of every batch, concatenated as float64 (shap's model
+    functions); an empty array when there is no batch."""
+    with torch.no_grad():
+        parts = [model(x)[:, target].double().cpu().numpy() for x in batches]
+    return np.concatenate([np.zeros(0), *parts])
+
+
 def _target_output_of_images(
     model: nn.Module, target: int, batch_size: int, device: torch.device
 ) -> Callable[[np.ndarray], np.ndarray]:
@@ -813,13 +822,13 @@ def _target_output_of_images(
 
     def output(images: np.ndarray) -> np.ndarray:
         images = np.asarray(images, dtype=np.float32)
-        parts = [np.zeros(0)]
-        with torch.no_grad():
-            for start in range(0, len(images), batch_size):
-                x = torch.as_tensor(images[start : start + batch_size], device=device)
-                x = x.permute(0, 3, 1, 2).div(255.0).sub(0.5).div(0.5)
-                parts.append(model(x)[:, target].double().cpu().numpy())
-        return np.concatenate(parts)
+        batches = (
+            scale_pixels(
+                torch.as_tensor(images[start : start + batch_size], device=device)
+            ).permute(0, 3, 1, 2)
+            for start in range(0, len(images), batch_size)
+        )
+        return _target_outputs(model, batches, target)
 
     return output
 
@@ -969,13 +978,12 @@ def _target_output_of_coalitions(
 
     def output(coalitions: np.ndarray) -> np.ndarray:
         keep = torch.as_tensor(np.asarray(coalitions) > 0.5, device=image.device)
-        parts = [np.zeros(0)]
-        with torch.no_grad():
-            for start in range(0, len(keep), batch_size):
-                shown = keep[start : start + batch_size][:, where].unsqueeze(1)
-                x = torch.where(shown, flat, black).reshape(len(shown), *image.shape)
-                parts.append(model(x)[:, target].double().cpu().numpy())
-        return np.concatenate(parts)
+        shown = (
+            keep[start : start + batch_size][:, where].unsqueeze(1)
+            for start in range(0, len(keep), batch_size)
+        )
+        batches = (torch.where(s, flat, black).reshape(len(s), *image.shape) for s in shown)
+        return _target_outputs(model, batches, target)
 
     return output
 

@@ -905,4 +905,10 @@ def images_to_tensor(images) -> torch.Tensor:
     if tensor.dtype != torch.uint8:
         raise TypeError(f"Expected uint8 images, got {tensor.dtype}.")
     tensor = tensor.unsqueeze(1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2)
-    return tensor.float().div(255.0).sub(0.5).div(0.5)
+    return scale_pixels(tensor.float())
+
+
+def scale_pixels(tensor: torch.Tensor) -> torch.Tensor:
+    """Float pixel values on the 0..255 scale -> the models' input scale, -1..1 (the
+    scaling of ``images_to_tensor``, for inputs that are not uint8, such as shap's)."""
+    return tensor.div(255.0).sub(0.5).div(0.5)

@@ -10,6 +10,8 @@ wildcard_constraints:
     size=r"\d+",
 
 
+import functools
+
 from snakemake.exceptions import WorkflowError
 
 from saliency_robustness.registry_check import config_errors, missing_packages_message
@@ -430,6 +432,7 @@ def colour_preview_outputs():
     return [COLOUR_PREVIEW] if any(_n_channels(d) == 3 for d in DATASETS) else []
 
 
+@functools.cache  # read each CSV once, not once per train job
 def has_uncertain_labels(dataset):
     """Whether a multi-label folder dataset's CSV marks a label uncertain (name:-1)."""
     from saliency_robustness.labels import csv_has_uncertain_labels
