@@ -97,7 +97,7 @@ def load_images(size: int, n_images: int, data: Path):
     import torch
     import torch.nn.functional as F
 
-    from saliency_robustness.data import load_npz
+    from saliency_robustness.datasets.npz import load_npz
 
     arrays = load_npz(data, "breastmnist")
     images = arrays["test_images"][:n_images]
@@ -142,13 +142,11 @@ def worker(
     import skimage.segmentation  # noqa: F401
     import sklearn.linear_model  # noqa: F401
 
-    from saliency_robustness.attribution import (
-        compute_maps,
-        default_cam_layer,
-        get_method,
-        method_params,
-    )
-    from saliency_robustness.models import build_model, images_to_tensor
+    from saliency_robustness.attribution.cam_layer import default_cam_layer
+    from saliency_robustness.attribution.maps import compute_maps
+    from saliency_robustness.attribution.registry import get_method, method_params
+    from saliency_robustness.models.build import build_model
+    from saliency_robustness.models.tensors import images_to_tensor
 
     if get_method(method).library == "shap":
         import shap  # noqa: F401 - only for its methods, so the others' baseline is as before
@@ -257,7 +255,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from saliency_robustness.attribution import METHODS
+    from saliency_robustness.attribution.registry import METHODS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[28, 128])

@@ -25,7 +25,7 @@ import torch
 import yaml
 
 import saliency_robustness.training as training
-from saliency_robustness.data import load_npz
+from saliency_robustness.datasets.npz import load_npz
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "medmnist" / "breastmnist.npz"

@@ -43,15 +43,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from saliency_robustness.attribution import (
-    compute_maps,
-    compute_maps_and_completeness,
-    method_params,
-)
-from saliency_robustness.data import fold_split, load_npz, make_folds, pooled_train_val
+from saliency_robustness.attribution.maps import compute_maps, compute_maps_and_completeness
+from saliency_robustness.attribution.registry import method_params
+from saliency_robustness.datasets.folds import fold_split, make_folds, pooled_train_val
+from saliency_robustness.datasets.npz import load_npz
 from saliency_robustness.evaluation import predict_proba
-from saliency_robustness.models import images_to_tensor, load_model, save_weights
-from saliency_robustness.perturbations import perturb_images
+from saliency_robustness.models.loading import load_model
+from saliency_robustness.models.tensors import images_to_tensor
+from saliency_robustness.models.weights import save_weights
+from saliency_robustness.perturbations.apply import perturb_images
 from saliency_robustness.training import TrainSettings, train_classifier
 
 # ../shared beside the repository holds the real MedMNIST files.

@@ -37,7 +37,8 @@ def test_images(data: Path) -> dict[str, np.ndarray]:
 def fingerprint(out: Path, data: Path) -> None:
     import imgaug
 
-    from saliency_robustness.perturbations import PERTURBATIONS, SEVERITIES, perturb_images
+    from saliency_robustness.perturbations.apply import perturb_images
+    from saliency_robustness.perturbations.registry import PERTURBATIONS, SEVERITIES
 
     out.mkdir(parents=True, exist_ok=True)
     hashes, arrays = {}, {}

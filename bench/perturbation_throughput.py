@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from skimage.transform import resize
 
-from saliency_robustness.data import load_npz
-from saliency_robustness.perturbations import PERTURBATIONS, RGB_ONLY, perturb_images
+from saliency_robustness.datasets.npz import load_npz
+from saliency_robustness.perturbations.apply import perturb_images
+from saliency_robustness.perturbations.registry import PERTURBATIONS, RGB_ONLY
 
 # ../shared beside the repository holds the real MedMNIST files.
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "medmnist" / "breastmnist.npz"

@@ -34,18 +34,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from saliency_robustness.attribution import compute_maps, get_method
-from saliency_robustness.data import load_npz
-from saliency_robustness.faithfulness import (
+from saliency_robustness.analysis.faithfulness import (
     confidence_change,
     deletion_insertion_curves,
     infidelity_scores,
     road_scores,
     sensitivity_scores,
 )
-from saliency_robustness.metrics import normalise_maps
-from saliency_robustness.models import build_model, images_to_tensor
-from saliency_robustness.sanity import model_randomisation
+from saliency_robustness.analysis.map_similarity import normalise_maps
+from saliency_robustness.analysis.sanity import model_randomisation
+from saliency_robustness.attribution.maps import compute_maps, input_maps
+from saliency_robustness.datasets.npz import load_npz
+from saliency_robustness.models.build import build_model
+from saliency_robustness.models.tensors import images_to_tensor
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "medmnist" / "breastmnist.npz"
 
@@ -104,12 +105,11 @@ def main() -> None:
     inputs = images_to_tensor(images)
     x, a = inputs.numpy(), maps[:, None]
     percentiles = (20, 50, 80)
-    saliency = get_method("saliency")
 
     def explain(model, inputs, targets, **kwargs):
         tensor = torch.as_tensor(inputs).requires_grad_(True)
-        result = saliency.compute(model, tensor, torch.as_tensor(targets).long())
-        return normalise_maps(result.detach().numpy())[:, None]
+        result = input_maps(model, tensor, torch.as_tensor(targets).long(), "saliency", {})
+        return normalise_maps(result)[:, None]
 
     def quantus_call(metric, **extra):
         return lambda: metric(

@@ -30,7 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from saliency_robustness.metrics import saliency_change
+from saliency_robustness.analysis.saliency_change import saliency_change
 from saliency_robustness.tables import CLEAN, map_column_options, with_clean_rows
 
 MAP_METRICS = ["rmse", "ssim", "spearman", "topk_iou", "map_entropy", "map_gini"]

@@ -52,8 +52,10 @@ def paper_scale() -> dict:
 def attribution_seconds_per_map(scale: dict, n_images: int) -> dict[str, float]:
     import torch
 
-    from saliency_robustness.attribution import compute_maps, default_cam_layer, method_params
-    from saliency_robustness.models import build_model
+    from saliency_robustness.attribution.cam_layer import default_cam_layer
+    from saliency_robustness.attribution.maps import compute_maps
+    from saliency_robustness.attribution.registry import method_params
+    from saliency_robustness.models.build import build_model
 
     with np.load(DATA) as data:
         images, labels = data["test_images"][:n_images], data["test_labels"][:n_images, 0]
@@ -101,8 +103,11 @@ def change_table(scale: dict, seed: int = 0) -> pd.DataFrame:
 
 
 def statistics_seconds(change: pd.DataFrame, scale: dict) -> dict[str, float]:
-    from saliency_robustness.detection import detection_by_family, misclassification_detection
-    from saliency_robustness.metrics import (
+    from saliency_robustness.analysis.detection import (
+        detection_by_family,
+        misclassification_detection,
+    )
+    from saliency_robustness.analysis.saliency_change import (
         severity_trends,
         summarise_change,
         variance_decomposition,

@@ -48,27 +48,43 @@ def mirror_url(shared_medmnist: Path) -> Iterator[str]:
 
 
 def snakemake(
-    workdir: Path, *args: str, presets: tuple[str | Path, ...] = ("tiny",)
+    workdir: Path,
+    *args: str,
+    presets: tuple[str | Path, ...] = ("tiny",),
+    python: tuple[str, ...] = (sys.executable, "-m", "snakemake"),
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
     """Run the real workflow in ``workdir`` with the default config plus presets
-    (names in config/presets/, or paths of extra config files)."""
+    (names in config/presets/, or paths of extra config files); ``python`` is the command
+    that starts Snakemake, ``extra_env`` adds to the environment of Snakemake and its jobs."""
     files = [str(REPO / "config" / "config.yaml")]
     files += [
         str(name if isinstance(name, Path) else REPO / "config" / "presets" / f"{name}.yaml")
         for name in presets
     ]
     command = [
-        sys.executable, "-m", "snakemake",
+        *python,
         "--snakefile", str(REPO / "Snakefile"),
         "--directory", str(workdir),
         "--cores", "2",
         "--configfile", *files,
         *args,
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": ""}  # the library must reach scripts via the Snakefile
+    # the library must reach scripts via the Snakefile, not PYTHONPATH
+    env = {**os.environ, "PYTHONPATH": "", **(extra_env or {})}
     return subprocess.run(
         command, cwd=workdir, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL
     )
+
+
+def requirement_pins(*names: str) -> list[str]:
+    """``name==version`` lines of requirements.txt for these (lower-case) package names."""
+    pins = {}
+    for line in (REPO / "requirements.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" in line:
+            pins[line.split("==", 1)[0].lower()] = line
+    return [pins[name] for name in names]
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ def _verified(folder: Path) -> bool:
     """Every test file is in ``folder`` with the MD5 of the official release."""
     import hashlib
 
-    from saliency_robustness.data import file_name, source_url_and_md5
+    from saliency_robustness.datasets.medmnist import file_name, source_url_and_md5
 
     for flag in TEST_FLAGS:
         path = folder / file_name(flag, 28)
@@ -32,7 +32,7 @@ def _verified(folder: Path) -> bool:
 def _fetch_all(target: Path, mirror: str | None) -> Path:
     """The workflow's own download (MD5-verified, atomic) of every test file into ``target``;
     ``mirror`` None is the official MedMNIST host."""
-    from saliency_robustness.data import download, file_name
+    from saliency_robustness.datasets.medmnist import download, file_name
 
     if not _verified(target):
         for flag in TEST_FLAGS:

@@ -15,18 +15,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import REPO, snakemake
+from conftest import REPO, requirement_pins, snakemake
 
 pytestmark = pytest.mark.workflow
-
-
-def _pins(*names: str) -> list[str]:
-    pins = {}
-    for line in (REPO / "requirements.txt").read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if "==" in line:
-            pins[line.split("==", 1)[0].lower()] = line
-    return [pins[name] for name in names]
 
 
 def test_top_level_typo_is_one_short_message(tmp_path):
@@ -47,7 +38,12 @@ def snakemake_only_venv(tmp_path_factory) -> Path:
     venv = tmp_path_factory.mktemp("snakemake_only") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     install = subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "--quiet", *_pins("snakemake", "jsonschema")],
+        [
+            str(venv / "bin" / "pip"),
+            "install",
+            "--quiet",
+            *requirement_pins("snakemake", "jsonschema"),
+        ],
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,

@@ -47,20 +47,50 @@ def _imports(path: Path) -> set[str]:
     return modules
 
 
+# Registries name their heavy implementations as "module:function" text, imported on use
+# (attribution methods, perturbation backends, architecture builders). A script that reaches
+# a module of such a subpackage other than its light ones can call them, so it needs them.
+LIGHT_MODULES = {"__init__", "registry", "specs", "weight_files"}
+REFERENCE = re.compile(r'"([a-z_0-9]+):[A-Za-z_0-9]+"')
+
+
+def _library_files(module: str) -> list[Path]:
+    """The files ``import saliency_robustness.a.b`` runs: each package's __init__ and the
+    module itself."""
+    parts = module.split(".")[1:]
+    files = [LIBRARY / "__init__.py"]
+    for depth in range(1, len(parts) + 1):
+        target = LIBRARY.joinpath(*parts[:depth])
+        if (target / "__init__.py").exists():
+            files.append(target / "__init__.py")
+        elif target.with_suffix(".py").exists():
+            files.append(target.with_suffix(".py"))
+    return files
+
+
+def _referenced_implementations(path: Path) -> list[Path]:
+    package = path.parent
+    registry = package / "registry.py"
+    if package == LIBRARY or path.stem in LIGHT_MODULES or not registry.exists():
+        return []
+    names = sorted(set(REFERENCE.findall(registry.read_text())))
+    return [package / f"{name}.py" for name in names if (package / f"{name}.py").exists()]
+
+
 def third_party_modules(script: Path) -> set[str]:
-    """Top-level third-party modules imported by the script and the library modules it uses."""
+    """Top-level third-party modules imported by the script and the library modules it uses
+    (with the implementations their subpackage's registry names, see LIGHT_MODULES)."""
     seen, todo, found = set(), [script], set()
     while todo:
         path = todo.pop()
         if path in seen:
             continue
         seen.add(path)
+        todo += _referenced_implementations(path)
         for module in _imports(path):
             top = module.split(".")[0]
             if top == "saliency_robustness":
-                parts = module.split(".")[1:]
-                target = LIBRARY.joinpath(*parts).with_suffix(".py") if parts else None
-                todo.append(target if target and target.exists() else LIBRARY / "__init__.py")
+                todo += _library_files(module)
             elif top not in sys.stdlib_module_names and top != "__future__":
                 found.add(top)
     return found

@@ -22,7 +22,7 @@ import yaml
 from PIL import Image
 
 from conftest import REPO, snakemake
-from saliency_robustness.synthetic import make_synthetic
+from saliency_robustness.datasets.synthetic import make_synthetic
 
 pytestmark = pytest.mark.workflow
 

@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from conftest import REPO, serve_folder, snakemake
-from saliency_robustness.attribution import saliency_schema
+from saliency_robustness.attribution.table import saliency_schema
 
 pytestmark = pytest.mark.workflow
 

@@ -9,10 +9,12 @@ import pytest
 import yaml
 
 from conftest import REPO, snakemake
-from saliency_robustness.attribution import compute_maps, method_params
-from saliency_robustness.data import load_npz
+from saliency_robustness.attribution.maps import compute_maps
+from saliency_robustness.attribution.registry import method_params
+from saliency_robustness.datasets.npz import load_npz
 from saliency_robustness.evaluation import predict_proba
-from saliency_robustness.models import Ensemble, load_model
+from saliency_robustness.models.ensemble import Ensemble
+from saliency_robustness.models.loading import load_model
 
 pytestmark = pytest.mark.workflow
 

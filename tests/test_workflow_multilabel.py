@@ -16,8 +16,8 @@ import yaml
 from sklearn.metrics import roc_auc_score
 
 from conftest import snakemake
-from saliency_robustness.attribution import saliency_schema
-from saliency_robustness.synthetic import KINDS
+from saliency_robustness.attribution.table import saliency_schema
+from saliency_robustness.datasets.synthetic import KINDS
 
 pytestmark = pytest.mark.workflow
 

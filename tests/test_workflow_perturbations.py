@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from conftest import REPO, snakemake
-from saliency_robustness.perturbations import PERTURBATIONS
+from saliency_robustness.perturbations.registry import PERTURBATIONS
 
 pytestmark = pytest.mark.workflow
 

@@ -1,13 +1,19 @@
 """Saliency-based robustness analysis of medical image classifiers.
 
-One module per concept: ``data`` (download, load, folds), ``models`` (architecture
-registry), ``training``, ``perturbations`` (perturbation registry), ``evaluation``
-(classification metrics), ``attribution`` (saliency-method registry), ``metrics``
-(saliency change), ``plots``, and ``tables`` (Parquet I/O). Modules import their heavy
-dependencies themselves so that each workflow stage's environment needs only its own.
+One module or subpackage per concept: ``datasets`` (MedMNIST download, npz files, folds,
+own data, the synthetic set), ``models`` (architecture registry, builders, loading),
+``training``, ``perturbations`` (perturbation registry, one module per backend),
+``evaluation`` (predictions and classification metrics), ``attribution`` (saliency-method
+registry and implementations, saliency tables), ``analysis`` (map similarity, saliency
+change, detection, agreement, faithfulness, sanity, localisation, robustness, statistics),
+``plots``, ``tables`` (Parquet I/O, key columns), ``config_schema`` and ``config_checks``.
+Registries are plain data that name their implementations as "module:function" text, so
+the Snakemake process and the table and plot jobs import no torch; each module imports its
+heavy dependencies itself, so each workflow stage's environment needs only its own.
 """
 
 import os
+import site
 import sys
 
 __version__ = "0.1.0"
@@ -24,8 +30,6 @@ def _drop_foreign_site_packages() -> None:
     site-packages folder outside this interpreter's own prefixes is dropped (the user's site
     folder and ``PYTHONPATH`` entries, asked for explicitly, stay).
     """
-    import site
-
     own = tuple(os.path.realpath(p) + os.sep for p in {sys.prefix, sys.base_prefix})
     kept = {os.path.realpath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
     if site.ENABLE_USER_SITE:

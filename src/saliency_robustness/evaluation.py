@@ -18,19 +18,14 @@ import torch
 from sklearn import metrics as skm
 from torch import nn
 
-from saliency_robustness.labels import UNCERTAIN, certain
-from saliency_robustness.models import images_to_tensor
+from saliency_robustness.datasets.labels import UNCERTAIN, certain
+from saliency_robustness.models.tensors import images_to_tensor
 
 METRIC_NAMES = ("acc", "balanced_acc", "auc", "precision", "recall", "f1")
 ALL_LABELS = "all"  # value of the metrics table's ``label`` column for the aggregate row
 # MedMNIST's Evaluator (medmnist.evaluator.getACC) thresholds sigmoid outputs at 0.5 and
 # averages the label-wise accuracies; we follow it so ACC is comparable with the paper.
 MULTI_LABEL_THRESHOLD = 0.5
-
-
-def is_multi_label(task: str) -> bool:
-    """Whether a dataset task (``DatasetInfo.task``) has independent 0/1 labels."""
-    return task.startswith("multi-label")
 
 
 @torch.no_grad()

@@ -14,6 +14,8 @@ import math
 
 import pandas as pd
 
+from saliency_robustness.tables import MAP_KEYS, over_folds
+
 TARGET_WORDS = {
     "wrong": "wrong predictions",
     "induced": "errors the perturbation induced (images right when clean)",
@@ -114,7 +116,7 @@ def change_findings(summary: pd.DataFrame) -> list[dict]:
     highest = summary.groupby("perturbation")["severity"].transform("max")
     top = summary[summary["severity"] == highest]
     for (dataset, arch, method, perturbation), group in top.groupby(
-        ["dataset", "arch", "method", "perturbation"], sort=True
+        [*over_folds(MAP_KEYS), "perturbation"], sort=True
     ):
         by = group.set_index("prediction")
         parts = [

@@ -1,9 +1,12 @@
-"""Figures (seaborn/matplotlib, PNG), each written atomically."""
+"""Figures (seaborn/matplotlib, PNG), each written atomically. Figure functions end in
+``_figure`` so that no name means both a figure and the computation it draws (e.g.
+``robustness_scores_figure`` draws ``robustness.robustness_scores``); FIGURES names the ones
+drawn from summary tables for the one plot rule."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import matplotlib
 
@@ -33,7 +36,7 @@ def _gray(image: np.ndarray) -> dict:
     return {"cmap": "gray", "vmin": 0, "vmax": 255} if image.ndim == 2 else {}
 
 
-def perturbation_preview(
+def perturbation_preview_figure(
     clean: np.ndarray,
     stack: np.ndarray,
     severities: Sequence[int],
@@ -60,7 +63,7 @@ def perturbation_preview(
     _save(figure, path, dpi)
 
 
-def perturbation_grid(
+def perturbation_grid_figure(
     clean: np.ndarray,
     perturbed: dict[str, np.ndarray],
     severities: Sequence[int],
@@ -92,7 +95,9 @@ def perturbation_grid(
     _save(figure, path, dpi)
 
 
-def perturbation_calibration(table: pd.DataFrame, path: str | os.PathLike, dpi: int = 120) -> None:
+def perturbation_calibration_figure(
+    table: pd.DataFrame, path: str | os.PathLike, dpi: int = 120
+) -> None:
     """Mean SSIM and PSNR of perturbed vs clean test images against severity, one line per
     perturbation (``table``: perturbation, severity, ssim, psnr)."""
     long = table.melt(
@@ -114,7 +119,7 @@ def perturbation_calibration(table: pd.DataFrame, path: str | os.PathLike, dpi: 
     _save(grid.figure, path, dpi)
 
 
-def robustness_scores(table: pd.DataFrame, path: str | os.PathLike, dpi: int = 120) -> None:
+def robustness_scores_figure(table: pd.DataFrame, path: str | os.PathLike, dpi: int = 120) -> None:
     """Balanced error per perturbation (mean over severities) for each architecture, with
     the clean balanced error as a dashed line per architecture."""
     figure, ax = plt.subplots(figsize=(max(4.0, 0.5 * table["perturbation"].nunique() + 2), 3))
@@ -127,7 +132,7 @@ def robustness_scores(table: pd.DataFrame, path: str | os.PathLike, dpi: int = 1
     _save(figure, path, dpi)
 
 
-def training_curves(history: pd.DataFrame, path: str | os.PathLike, dpi: int = 120) -> None:
+def training_curves_figure(history: pd.DataFrame, path: str | os.PathLike, dpi: int = 120) -> None:
     """Loss and validation AUC/ACC per epoch, one line per fold, one column per metric.
     With a hyper-parameter grid (``train.grid``) only the chosen point's epochs are drawn."""
     if "grid_chosen" in history:
@@ -152,7 +157,7 @@ def training_curves(history: pd.DataFrame, path: str | os.PathLike, dpi: int = 1
     _save(_short_titles(grid).figure, path, dpi)
 
 
-def classification_vs_severity(
+def classification_vs_severity_figure(
     metrics: pd.DataFrame, path: str | os.PathLike, dpi: int = 120
 ) -> None:
     """ACC, balanced ACC and AUC vs severity per perturbation (mean and SD over folds).
@@ -181,7 +186,7 @@ def classification_vs_severity(
     _save(_short_titles(grid).figure, path, dpi)
 
 
-def saliency_change_vs_severity(
+def saliency_change_vs_severity_figure(
     summary: pd.DataFrame, path: str | os.PathLike, dpi: int = 120
 ) -> None:
     """Mean map change (SSIM, Spearman, top-k IoU, RMSE) vs severity, row per method; bands:
@@ -211,7 +216,7 @@ def saliency_change_vs_severity(
     _save(_short_titles(grid).figure, path, dpi)
 
 
-def misclassification_detection(
+def misclassification_detection_figure(
     detection: pd.DataFrame, path: str | os.PathLike, dpi: int = 120
 ) -> None:
     """AUROC of each detector for wrong perturbed predictions (target ``wrong``), per fold."""
@@ -242,7 +247,7 @@ def misclassification_detection(
     _save(_short_titles(grid).figure, path, dpi)
 
 
-def saliency_examples(
+def saliency_examples_figure(
     clean: np.ndarray,
     perturbed: dict[str, tuple[list[int], np.ndarray]],
     maps: dict[str, dict[tuple[str, int], np.ndarray]],
@@ -284,7 +289,7 @@ def saliency_examples(
     _save(figure, path, dpi)
 
 
-def localisation_vs_severity(
+def localisation_vs_severity_figure(
     summary: pd.DataFrame, path: str | os.PathLike, dpi: int = 120
 ) -> None:
     """Pointing game, energy pointing game, top-k IoU and graded hit rate against the lesion
@@ -345,7 +350,7 @@ def agreement_matrix(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     return matrix
 
 
-def agreement_matrices(
+def agreement_matrices_figure(
     table: pd.DataFrame, path: str | os.PathLike, metric: str = "topk_iou", dpi: int = 120
 ) -> None:
     """Model x model agreement per method (rows): on clean images and on perturbed images
@@ -372,7 +377,7 @@ def agreement_matrices(
     _save(figure, path, dpi)
 
 
-def faithfulness_vs_severity(
+def faithfulness_vs_severity_figure(
     summary: pd.DataFrame, path: str | os.PathLike, dpi: int = 120
 ) -> None:
     """Mean faithfulness metrics (panels) per method against severity, per perturbation
@@ -405,7 +410,7 @@ def faithfulness_vs_severity(
     _save(_short_titles(grid).figure, path, dpi)
 
 
-def sanity_randomisation(
+def sanity_randomisation_figure(
     table: pd.DataFrame, path: str | os.PathLike, example: int = 0, dpi: int = 120
 ) -> None:
     """Adebayo et al.'s figure per method (rows): the maps of one image as the model is
@@ -478,7 +483,9 @@ def _interval_points(data: pd.DataFrame, x: str, y: str, hue: str, **kwargs) -> 
     ax.set_xticks(np.arange(len(categories)), categories)
 
 
-def detection_by_family(table: pd.DataFrame, path: str | os.PathLike, dpi: int = 120) -> None:
+def detection_by_family_figure(
+    table: pd.DataFrame, path: str | os.PathLike, dpi: int = 120
+) -> None:
     """AUROC of each map-change score for wrong predictions per perturbation family (top
     row) and its gain beyond the confidence drop (bottom row), per method, with the
     bootstrap intervals as whiskers."""
@@ -506,3 +513,33 @@ def detection_by_family(table: pd.DataFrame, path: str | os.PathLike, dpi: int =
         ax.axhline(0.5 if measure == "auroc" else 0.0, color="gray", linestyle="--", lw=0.8)
         ax.tick_params(axis="x", rotation=30)
     _save(_short_titles(grid).figure, path, dpi)
+
+
+# --- the figures of summary tables, by name -----------------------------------------------------
+
+# Each takes (table, path, dpi=...): the rows of its input table(s), concatenated. The key is
+# the PNG's name (results/plots/{dataset}/<key>.png) and its rule's (plot_<key>): the one
+# plot rule (workflow/rules/plots.smk) picks the function by ``params.figure``.
+FIGURES: dict[str, Callable[..., None]] = {
+    "training_curves": training_curves_figure,
+    "classification_vs_severity": classification_vs_severity_figure,
+    "saliency_change_vs_severity": saliency_change_vs_severity_figure,
+    "misclassification_detection": misclassification_detection_figure,
+    "detection_by_family": detection_by_family_figure,
+    "robustness": robustness_scores_figure,
+    "perturbation_calibration": perturbation_calibration_figure,
+    "localisation": localisation_vs_severity_figure,
+    "agreement": agreement_matrices_figure,
+    "faithfulness": faithfulness_vs_severity_figure,
+    "sanity": sanity_randomisation_figure,
+}
+
+
+def table_figure(name: str) -> Callable[..., None]:
+    """The figure function registered as ``name`` in FIGURES."""
+    if name not in FIGURES:
+        raise ValueError(
+            f"Unknown figure {name!r} (params.figure of a plot rule in workflow/rules/plots.smk);"
+            f" use one of {', '.join(sorted(FIGURES))}, or add the figure to plots.FIGURES."
+        )
+    return FIGURES[name]

@@ -129,8 +129,15 @@ def read_parquet(
 # The perturbation name of clean rows in saliency tables: each clean map is stored once
 # per (model, method), at severity 0.
 CLEAN = "none"
-# The model and method of a saliency row.
-MODEL_KEYS = ["dataset", "arch", "fold", "method"]
+# Key columns of the result tables, each written once here and composed elsewhere.
+MODEL_KEYS = ["dataset", "arch", "fold"]  # one trained model
+MAP_KEYS = [*MODEL_KEYS, "method"]  # one model's maps by one method (a saliency table)
+CONDITION_KEYS = ["perturbation", "severity"]  # one test condition (clean: severity 0)
+
+
+def over_folds(keys: Sequence[str]) -> list[str]:
+    """``keys`` without ``fold``: the keys of a summary over the folds of a model."""
+    return [key for key in keys if key != "fold"]
 
 
 def read_saliency(
@@ -165,7 +172,7 @@ def with_clean_rows(saliency: pd.DataFrame) -> pd.DataFrame:
     if saliency.empty:
         return saliency.reset_index(drop=True)
     parts = []
-    for model, rows in saliency.groupby(MODEL_KEYS, sort=False):
+    for model, rows in saliency.groupby(MAP_KEYS, sort=False):
         is_clean = (rows["perturbation"] == CLEAN).to_numpy()
         clean, perturbed = rows[is_clean], rows[~is_clean]
         if perturbed.empty:
@@ -173,7 +180,7 @@ def with_clean_rows(saliency: pd.DataFrame) -> pd.DataFrame:
             continue
         if clean.empty:
             raise ValueError(
-                f"Saliency rows of {dict(zip(MODEL_KEYS, model, strict=True))} have no clean "
+                f"Saliency rows of {dict(zip(MAP_KEYS, model, strict=True))} have no clean "
                 f"rows (perturbation {CLEAN!r}): its clean table is missing; rerun the "
                 "attribute_clean rule."
             )

@@ -30,23 +30,33 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
 
+from saliency_robustness.datasets.folds import fold_split, pooled_train_val
+from saliency_robustness.datasets.info import DataError
+from saliency_robustness.datasets.labels import (
+    DEFAULT_RANGE,
+    certain,
+    soft_targets,
+    uncertain_range,
+)
 from saliency_robustness.evaluation import (
     classification_metrics,
     multi_label_array,
     predict_proba,
 )
-from saliency_robustness.labels import DEFAULT_RANGE, certain, soft_targets, uncertain_range
-from saliency_robustness.model_specs import grid_points, model_settings
-from saliency_robustness.models import (
-    COMBINED_HEAD,
+from saliency_robustness.models.build import build_model
+from saliency_robustness.models.combined import COMBINED_HEAD
+from saliency_robustness.models.heads import (
     HeadSpec,
     backbone_norms_eval,
-    build_model,
     freeze_backbone,
     head_prefix,
-    images_to_tensor,
 )
+from saliency_robustness.models.specs import grid_points, model_settings
+from saliency_robustness.models.tensors import images_to_tensor
+from saliency_robustness.tables import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +90,6 @@ def augment_batch(
     image. Every random draw comes from ``generator`` (the training run's batch-order
     generator, saved in checkpoints), so augmented runs are seeded and resume bit for bit;
     draws happen only for what is switched on."""
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms.v2 import functional as TF
-
     n = len(inputs)
     flips = torch.rand(n, generator=generator) < 0.5 if augment.flip else torch.zeros(n, dtype=bool)
     angles = (
@@ -111,14 +118,14 @@ class TrainSettings:
     gamma: float = 0.1
     seed: int = 0
     mixed_precision: bool = False  # float16 autocast + gradient scaling, CUDA only
-    weights: str | None = None  # None: random init; "imagenet": see models.build_model
+    weights: str | None = None  # None: random init; "imagenet": see models.build.build_model
     weights_file: str | None = None  # ImageNet state_dict file; None: torchvision's cache
     # multi-label soft-target range of uncertain (-1) labels; part of the resume fingerprint
     uncertain_labels: tuple[float, float] = (DEFAULT_RANGE["low"], DEFAULT_RANGE["high"])
     freeze_backbone: bool = False  # train the classifier head only (Architecture.head)
     head: HeadSpec | None = None  # custom classifier head; None: the architecture's own
     augment: Augment = field(default_factory=Augment)  # training batches only
-    # hyper-parameter grid: ((key, (values, ...)), ...), see model_specs.GRID_KEYS
+    # hyper-parameter grid: ((key, (values, ...)), ...), see models.specs.GRID_KEYS
     grid: tuple[tuple[str, tuple], ...] = ()
     # a combined model (train.combined): its backbone architectures and their ImageNet files
     backbones: tuple[str, ...] = ()
@@ -127,7 +134,7 @@ class TrainSettings:
     @classmethod
     def from_config(cls, train: dict, arch: str, seed: int) -> TrainSettings:
         """The settings of config ``train`` (validated, with defaults; or a train job's
-        params, ``model_specs.train_params``) for the model named ``arch`` (an architecture
+        params, ``models.specs.train_params``) for the model named ``arch`` (an architecture
         or a variant, ``train.variants``, whose overrides then apply)."""
         spec = model_settings(arch, train)
         return cls(
@@ -156,7 +163,7 @@ class TrainSettings:
         )
 
     def at_grid_point(self, point: dict[str, Any]) -> TrainSettings:
-        """These settings with one grid point's values (``model_specs.grid_points``) and no
+        """These settings with one grid point's values (``models.specs.grid_points``) and no
         grid."""
         changes: dict[str, Any] = {"grid": ()}
         for key, value in point.items():
@@ -293,8 +300,6 @@ def _set_rng_states(states: dict[str, Any], generator: torch.Generator) -> None:
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write atomically (temporary file, then rename): a kill during the write leaves the
     previous checkpoint intact."""
-    from saliency_robustness.tables import atomic_path
-
     state = {**state, "digest": _content_digest(state)}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -360,7 +365,7 @@ def train_classifier(
     """Train ``arch`` on uint8 images; keep the epoch with the best validation AUC.
 
     Without a grid (``settings.grid``) this is one training run (``_train_one``, documented
-    there). With one, every grid point (``model_specs.grid_points``) is trained on the same
+    there). With one, every grid point (``models.specs.grid_points``) is trained on the same
     data from the same seed, and the point with the best validation AUC is kept (ties:
     validation accuracy, then the earlier point): its model, best epoch and validation
     metrics are the result, ``grid`` lists every point's settings and best validation
@@ -434,7 +439,7 @@ def _train_one(
 
     Ties (and NaN AUC) fall back to validation accuracy, then to the earlier epoch.
     With ``multi_label`` the labels are (N, ``n_classes``) 0/1 arrays (-1: uncertain, trained
-    on a soft target from ``settings.uncertain_labels``, see ``labels.soft_targets``), the
+    on a soft target from ``settings.uncertain_labels``, see ``datasets.labels.soft_targets``), the
     loss is ``BCEWithLogitsLoss`` on the logits, and AUC/ACC are the multi-label macro AUC and
     label-wise accuracy of ``classification_metrics`` (uncertain entries left out).
 
@@ -652,12 +657,10 @@ def mask_outside(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
 def masked_fold_split(
     arrays: dict[str, np.ndarray], folds: pd.DataFrame, fold: int
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``data.fold_split`` with the training and validation images masked
+    """``datasets.folds.fold_split`` with the training and validation images masked
     (``mask_outside``, the dataset's ``{split}_masks``); the test images stay whole, so that
     evaluation, perturbation and attribution see the same images as for any other model.
     Every training and validation image needs a mask (``{split}_has_mask``)."""
-    from saliency_robustness.data import DataError, fold_split, pooled_train_val
-
     splits = fold_split(arrays, folds, fold)
     if "train_masks" not in arrays or "val_masks" not in arrays:
         raise DataError(
@@ -701,13 +704,11 @@ def train_fold(
     checkpoint_every: int = 1,
     relabel: Callable[[Split, Split], tuple[Split, Split]] | None = None,
 ) -> tuple[TrainResult, dict[str, Split]]:
-    """One train job: the model ``name``'s settings (``model_specs.model_settings`` of the
+    """One train job: the model ``name``'s settings (``models.specs.model_settings`` of the
     config's ``train`` or the job's ``train_params``), the fold's splits (training and
     validation images masked with ``mask_background``), then ``train_classifier``. Returns
     the result and the splits (the test split as stored). ``relabel(train, val) -> (train,
     val)`` replaces the labels (the shuffled-label sanity model)."""
-    from saliency_robustness.data import fold_split
-
     spec = model_settings(name, train)
     settings = TrainSettings.from_config(train, name, seed)
     split = masked_fold_split if spec["mask_background"] else fold_split

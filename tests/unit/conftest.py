@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from saliency_robustness.data import load_npz
+from saliency_robustness.datasets.npz import load_npz
 from saliency_robustness.training import TrainResult, TrainSettings, train_classifier
 
 N_TRAIN = 128

@@ -14,9 +14,9 @@ import torchvision.models as tv_models
 import yaml
 from snakemake.utils import validate
 
+from saliency_robustness.config_checks import config_errors, weights_file_problem
 from saliency_robustness.config_schema import load_schema, schema_errors
-from saliency_robustness.models import read_state_dict
-from saliency_robustness.registry_check import config_errors, weights_file_problem
+from saliency_robustness.models.weights import read_state_dict
 from saliency_robustness.tables import UnreadableTableError, read_parquet, write_parquet
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,9 +7,13 @@ import numpy as np
 import pandas as pd
 from test_detection import FAMILIES, change_table
 
-from saliency_robustness.detection import detection_by_family
+from saliency_robustness.analysis.detection import detection_by_family
+from saliency_robustness.analysis.saliency_change import (
+    severity_trends,
+    summarise_change,
+    variance_decomposition,
+)
 from saliency_robustness.findings import findings, findings_page
-from saliency_robustness.metrics import severity_trends, summarise_change, variance_decomposition
 
 
 def _change(method: str, seed: int) -> pd.DataFrame:

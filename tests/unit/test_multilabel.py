@@ -16,26 +16,27 @@ from medmnist.evaluator import getACC, getAUC
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from saliency_robustness.attribution import (
-    attribute_clean_and_perturbed,
-    compute_maps,
+from saliency_robustness.analysis.detection import misclassification_detection
+from saliency_robustness.analysis.saliency_change import saliency_change
+from saliency_robustness.attribution.maps import compute_maps
+from saliency_robustness.attribution.table import (
+    attribute_clean,
+    attribute_perturbed,
     saliency_schema,
 )
-from saliency_robustness.detection import misclassification_detection
+from saliency_robustness.config_checks import top_k_target_errors
+from saliency_robustness.datasets.info import is_multi_label
+from saliency_robustness.datasets.synthetic import KINDS, make_synthetic
 from saliency_robustness.evaluation import (
     METRIC_NAMES,
     classification_metrics,
     evaluate_model,
-    is_multi_label,
     metric_rows,
     per_label_metrics,
     predict_proba,
 )
-from saliency_robustness.metrics import saliency_change
-from saliency_robustness.models import images_to_tensor
-from saliency_robustness.registry_check import top_k_target_errors
-from saliency_robustness.synthetic import KINDS, make_synthetic
-from saliency_robustness.tables import maps_from_table
+from saliency_robustness.models.tensors import images_to_tensor
+from saliency_robustness.tables import maps_from_table, with_clean_rows
 from saliency_robustness.training import TrainSettings, train_classifier
 
 KEYS = {"dataset": "synthetic_ml", "arch": "resnet18", "fold": 0}
@@ -221,17 +222,21 @@ def test_evaluate_model_multi_label_tables(trained, data):
 def attributed(trained, data):
     clean, labels = data["test_images"][:5], data["test_labels"][:5]
     perturbed = {"contrast": ([1, 4], np.stack([clean // 2, clean // 4]))}
-    table = attribute_clean_and_perturbed(
-        trained.model, clean, labels, perturbed, "saliency", {}, KEYS, batch_size=4,
-        multi_label=True, top_k=2,
+    clean_table = attribute_clean(
+        trained.model, clean, labels, "saliency", {}, KEYS, batch_size=4, multi_label=True,
+        top_k=2,
     )  # fmt: skip
-    return table, clean, labels, perturbed
+    perturbed_table = attribute_perturbed(
+        trained.model, clean_table, perturbed, "saliency", {}, batch_size=4, multi_label=True
+    )
+    return (clean_table, perturbed_table), clean, labels, perturbed
 
 
 def test_top_k_rows_targets_and_probabilities(attributed, trained):
-    table, clean, labels, perturbed = attributed
-    assert table.schema.equals(saliency_schema(28, 28, N_LABELS, completeness=True))
-    frame = table.to_pandas()
+    tables, clean, labels, perturbed = attributed
+    for table in tables:
+        assert table.schema.equals(saliency_schema(28, 28, N_LABELS, completeness=True))
+    frame = pd.concat([table.to_pandas() for table in tables], ignore_index=True)
     assert len(frame) == 5 * 2 * 3  # images x targets x (clean + 2 severities)
     clean_probs = predict_proba(trained.model, clean, 8, multi_label=True)
     top2 = np.argsort(-clean_probs, axis=1, kind="stable")[:, :2]
@@ -254,9 +259,9 @@ def test_top_k_rows_targets_and_probabilities(attributed, trained):
 
 def test_target_label_ranks_present_labels_first(trained, data):
     clean, labels = data["test_images"][:6], data["test_labels"][:6]
-    table = attribute_clean_and_perturbed(
-        trained.model, clean, labels, {}, "saliency", {}, KEYS, target="label",
-        batch_size=6, multi_label=True, top_k=1,
+    table = attribute_clean(
+        trained.model, clean, labels, "saliency", {}, KEYS, target="label", batch_size=6,
+        multi_label=True, top_k=1,
     ).to_pandas()  # fmt: skip
     probs = predict_proba(trained.model, clean, 8, multi_label=True)
     for i, target in zip(table["image_index"], table["target"], strict=True):
@@ -268,17 +273,17 @@ def test_target_label_ranks_present_labels_first(trained, data):
 
 def test_top_k_larger_than_the_label_count_is_refused(trained, data):
     with pytest.raises(ValueError, match="attribute.top_k_targets is 4 .* 3 labels"):
-        attribute_clean_and_perturbed(
-            trained.model, data["test_images"][:2], data["test_labels"][:2], {}, "saliency",
-            {}, KEYS, multi_label=True, top_k=4,
+        attribute_clean(
+            trained.model, data["test_images"][:2], data["test_labels"][:2], "saliency", {},
+            KEYS, multi_label=True, top_k=4,
         )  # fmt: skip
 
 
 def test_single_label_ignores_top_k(trained, data):
     """top_k only applies to multi-label data: a single-label table keeps one row per image."""
     labels = data["test_labels"][:3, :1]  # a 0/1 class column, softmax over the 3 outputs
-    table = attribute_clean_and_perturbed(
-        trained.model, data["test_images"][:3], labels, {}, "saliency", {}, KEYS, top_k=3
+    table = attribute_clean(
+        trained.model, data["test_images"][:3], labels, "saliency", {}, KEYS, top_k=3
     )
     assert table.num_rows == 3
 
@@ -291,10 +296,16 @@ def test_saliency_change_joins_on_the_target(trained, data):
     ignored the target would compare one label's map with another's."""
     clean, labels = data["test_images"][:4], data["test_labels"][:4]
     perturbed = {"identity": ([1], np.stack([clean])), "contrast": ([3], np.stack([clean // 3]))}
-    frame = attribute_clean_and_perturbed(
-        trained.model, clean, labels, perturbed, "saliency", {}, KEYS, batch_size=4,
-        multi_label=True, top_k=3,
-    ).to_pandas()  # fmt: skip
+    clean_table = attribute_clean(
+        trained.model, clean, labels, "saliency", {}, KEYS, batch_size=4, multi_label=True,
+        top_k=3,
+    )  # fmt: skip
+    perturbed_table = attribute_perturbed(
+        trained.model, clean_table, perturbed, "saliency", {}, batch_size=4, multi_label=True
+    )
+    frame = with_clean_rows(
+        pd.concat([clean_table.to_pandas(), perturbed_table.to_pandas()], ignore_index=True)
+    )
     change = saliency_change(frame, top_k_percent=10, multi_label=True)
     assert len(change) == 2 * 4 * 3
     same = change[change["perturbation"] == "identity"]
@@ -318,7 +329,7 @@ def test_saliency_change_joins_on_the_target(trained, data):
 
 
 def test_saliency_change_names_a_perturbed_row_without_clean_row(attributed):
-    frame = attributed[0].to_pandas()
+    frame = with_clean_rows(pd.concat([table.to_pandas() for table in attributed[0]]))
     broken = frame[~((frame["severity"] == 0) & (frame["image_index"] == 2))]
     with pytest.raises(ValueError, match="no clean row"):
         saliency_change(broken, top_k_percent=10)

@@ -11,14 +11,14 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from saliency_robustness.attribution import (
+from saliency_robustness.analysis.map_similarity import constant_maps
+from saliency_robustness.analysis.saliency_change import CHANGE_COLUMNS, saliency_change
+from saliency_robustness.attribution.table import (
     attribute_clean,
-    attribute_clean_and_perturbed,
     attribute_perturbed,
     models_by_fold,
     saliency_schema,
 )
-from saliency_robustness.metrics import CHANGE_COLUMNS, constant_maps, saliency_change
 from saliency_robustness.tables import (
     CLEAN,
     map_column_options,
@@ -76,12 +76,13 @@ def stored(model, images, breast, perturbed, tmp_path_factory):
 
 
 def test_stored_tables_read_back_in_the_comparison_form(model, images, perturbed, stored):
-    """Clean table + per-perturbation tables, read with read_saliency, equal the one-call
-    comparison form: the split into jobs changes no map, probability or target."""
+    """Clean table + per-perturbation tables, read with read_saliency, equal the comparison
+    form of one model's tables computed at once: the split into jobs changes no map,
+    probability or target."""
     paths, labels = stored
-    expected = attribute_clean_and_perturbed(
-        model, images, labels, perturbed, METHOD, PARAMS, KEYS
-    ).to_pandas()
+    clean = attribute_clean(model, images, labels, METHOD, PARAMS, KEYS)
+    parts = [clean, attribute_perturbed(model, clean, perturbed, METHOD, PARAMS)]
+    expected = with_clean_rows(pd.concat([part.to_pandas() for part in parts], ignore_index=True))
     frame = read_saliency(paths, fold=0)
     assert len(frame) == N * (2 + 1 + 2)  # clean under each of 2 perturbations + 3 levels
     pd.testing.assert_frame_equal(
@@ -182,14 +183,14 @@ def test_models_by_fold_splits_members_per_fold():
 
 @pytest.fixture(scope="module")
 def tables16_32(model, images, breast, perturbed):
-    """One model's maps in the comparison form at both precisions."""
+    """One model's maps at both precisions, its clean and perturbed tables in one table."""
     labels = breast["test_labels"][:N]
-    return {
-        precision: attribute_clean_and_perturbed(
-            model, images, labels, perturbed, METHOD, PARAMS, KEYS, precision=precision
-        )
-        for precision in ("float16", "float32")
-    }
+    tables = {}
+    for precision in ("float16", "float32"):
+        clean = attribute_clean(model, images, labels, METHOD, PARAMS, KEYS, precision=precision)
+        rows = attribute_perturbed(model, clean, perturbed, METHOD, PARAMS, precision=precision)
+        tables[precision] = pa.concat_tables([clean, rows])
+    return tables
 
 
 def test_float16_maps_are_the_float32_maps_rounded(tables16_32):
@@ -209,7 +210,7 @@ def test_float16_moves_every_change_metric_by_little(tables16_32):
     (measured on the default study: bench/saliency_storage.py)."""
     bounds = {"rmse": 1e-3, "ssim": 2e-3, "spearman": 1e-2, "topk_iou": 0.2}
     changes = {
-        precision: saliency_change(table.to_pandas(), top_k_percent=10)
+        precision: saliency_change(with_clean_rows(table.to_pandas()), top_k_percent=10)
         for precision, table in tables16_32.items()
     }
     for column, bound in bounds.items():

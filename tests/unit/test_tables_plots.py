@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib.image
@@ -12,8 +16,8 @@ import pyarrow as pa
 import pytest
 
 from saliency_robustness import plots
-from saliency_robustness.detection import detection_by_family, misclassification_detection
-from saliency_robustness.metrics import summarise_change
+from saliency_robustness.analysis.detection import detection_by_family, misclassification_detection
+from saliency_robustness.analysis.saliency_change import summarise_change
 from saliency_robustness.tables import atomic_path, maps_from_table, read_parquet, write_parquet
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -127,7 +131,7 @@ def images() -> np.ndarray:
 def test_perturbation_preview(tmp_path, images):
     stack = np.stack([images // 2, images // 4])
     path = tmp_path / "preview.png"
-    plots.perturbation_preview(images, stack, [1, 5], "gaussian_noise", path, n_images=2)
+    plots.perturbation_preview_figure(images, stack, [1, 5], "gaussian_noise", path, n_images=2)
     assert_png(path)
 
 
@@ -146,7 +150,7 @@ def test_training_curves(tmp_path):
         ]
     )  # fmt: skip
     path = tmp_path / "training_curves.png"
-    plots.training_curves(history, path, dpi=60)
+    plots.training_curves_figure(history, path, dpi=60)
     assert_png(path)
 
 
@@ -165,7 +169,7 @@ def test_classification_vs_severity(tmp_path):
         ]
     ).astype({"severity": "int8"})  # fmt: skip
     path = tmp_path / "classification.png"
-    plots.classification_vs_severity(metrics, path, dpi=60)
+    plots.classification_vs_severity_figure(metrics, path, dpi=60)
     assert_png(path)
 
 
@@ -199,7 +203,7 @@ def _change_table() -> pd.DataFrame:
 def test_saliency_change_vs_severity_from_a_real_summary(tmp_path):
     summary = summarise_change(_change_table())
     path = tmp_path / "saliency_change.png"
-    plots.saliency_change_vs_severity(summary, path, dpi=60)
+    plots.saliency_change_vs_severity_figure(summary, path, dpi=60)
     assert_png(path)
 
 
@@ -207,7 +211,7 @@ def test_misclassification_detection_from_real_detection_table(tmp_path):
     detection = misclassification_detection(_change_table())
     assert detection["auroc"].notna().any()
     path = tmp_path / "detection.png"
-    plots.misclassification_detection(detection, path, dpi=60)
+    plots.misclassification_detection_figure(detection, path, dpi=60)
     assert_png(path)
 
 
@@ -215,7 +219,7 @@ def test_detection_by_family_from_a_real_detection_table(tmp_path):
     families = {"gaussian_noise": "noise", "contrast": "contrast"}
     detection, _ = detection_by_family(_change_table(), families, n_splits=2, n_resamples=100)
     path = tmp_path / "detection_by_family.png"
-    plots.detection_by_family(detection, path, dpi=60)
+    plots.detection_by_family_figure(detection, path, dpi=60)
     assert_png(path)
 
 
@@ -224,7 +228,7 @@ def test_misclassification_detection_without_any_auroc_explains(tmp_path):
     detection = misclassification_detection(change)
     path = tmp_path / "detection.png"
     with pytest.raises(ValueError, match="No AUROC is defined"):
-        plots.misclassification_detection(detection, path)
+        plots.misclassification_detection_figure(detection, path)
     assert files_in(tmp_path) == []
 
 
@@ -243,5 +247,115 @@ def test_saliency_examples(tmp_path, images):
         for method in ("saliency", "integrated_gradients")
     }
     path = tmp_path / "examples.png"
-    plots.saliency_examples(images, perturbed, maps, image_indices=[0, 2], path=path, dpi=60)
+    plots.saliency_examples_figure(images, perturbed, maps, image_indices=[0, 2], path=path, dpi=60)
     assert_png(path)
+
+
+def test_robustness_scores_figure(tmp_path):
+    table = pd.DataFrame(
+        [
+            {"arch": arch, "fold": fold, "perturbation": name, "be": 0.3 + 0.1 * k + 0.01 * fold,
+             "be_clean": 0.2 + 0.05 * (arch == "resnet50")}
+            for arch in ("resnet18", "resnet50")
+            for fold in (0, 1)
+            for k, name in enumerate(("gaussian_noise", "contrast", "blur"))
+        ]
+    )  # fmt: skip
+    path = tmp_path / "robustness.png"
+    plots.robustness_scores_figure(table, path, dpi=60)
+    assert_png(path)
+
+
+def _calibration_table(names: tuple[str, ...]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"perturbation": name, "severity": severity, "ssim": 1 - 0.15 * severity,
+             "psnr": 40 - 4 * severity - k}
+            for k, name in enumerate(names)
+            for severity in (1, 3, 5)
+        ]
+    ).astype({"severity": "int8"})  # fmt: skip
+
+
+def test_perturbation_calibration_figure(tmp_path):
+    path = tmp_path / "perturbation_calibration.png"
+    plots.perturbation_calibration_figure(
+        _calibration_table(("gaussian_noise", "contrast")), path, dpi=60
+    )
+    assert_png(path)
+
+
+def test_perturbation_grid_figure(tmp_path, images):
+    perturbed = {"gaussian_noise": np.stack([images[0] // 2, images[0] // 4]),
+                 "contrast": np.stack([images[0] // 3, images[0] // 5])}  # fmt: skip
+    path = tmp_path / "perturbation_grid.png"
+    plots.perturbation_grid_figure(images[0], perturbed, [1, 5], path, "test image 0", dpi=60)
+    assert_png(path)
+
+
+# --- the figure registry and the one plot rule -------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _plot_table_uses() -> dict[str, dict[str, str]]:
+    """Rule name -> its figure param and PNG path, for each use of plot_table in plots.smk."""
+    text = (REPO / "workflow" / "rules" / "plots.smk").read_text()
+    uses = {}
+    for block in re.split(r"^use rule ", text, flags=re.M)[1:]:
+        header = re.match(r"plot_table from plot_template as (\w+) with:", block)
+        assert header, f"unexpected use rule: {block.splitlines()[0]}"
+        uses[header[1]] = {
+            "figure": re.search(r'figure="(\w+)"', block)[1],
+            "png": re.search(r'"(results/plots/[^"]+\.png)"', block)[1],
+        }
+    return uses
+
+
+def test_every_table_figure_has_one_plot_rule_and_every_rule_a_figure():
+    uses = _plot_table_uses()
+    figures = [use["figure"] for use in uses.values()]
+    assert sorted(figures) == sorted(plots.FIGURES)  # each registered figure drawn once
+    for rule, use in uses.items():
+        # rule plot_<figure> writes results/plots/{dataset}/<figure>.png
+        assert rule == f"plot_{use['figure']}"
+        assert use["png"] == f"results/plots/{{dataset}}/{use['figure']}.png"
+
+
+def test_an_unknown_figure_names_the_known_ones():
+    assert plots.table_figure("robustness") is plots.robustness_scores_figure
+    with pytest.raises(ValueError, match=r"Unknown figure 'robustness_scores'.*sanity"):
+        plots.table_figure("robustness_scores")
+
+
+def test_the_plot_script_draws_its_figure_from_several_tables(tmp_path):
+    """workflow/scripts/plot.py as Snakemake runs it: inputs concatenated, the figure by name,
+    the log written."""
+    inputs = []
+    for name in ("gaussian_noise", "contrast"):
+        inputs.append(str(tmp_path / f"{name}.parquet"))
+        write_parquet(_calibration_table((name,)), inputs[-1])
+    out = tmp_path / "plots" / "perturbation_calibration.png"
+    log = tmp_path / "plot.log"
+    code = (
+        "import runpy, sys\n"
+        "from types import SimpleNamespace\n"
+        f"snakemake = SimpleNamespace(input={inputs!r}, output=[{str(out)!r}],\n"
+        f"    log=[{str(log)!r}], params=SimpleNamespace(figure='perturbation_calibration',\n"
+        "    dpi=60))\n"
+        f"runpy.run_path({str(REPO / 'workflow' / 'scripts' / 'plot.py')!r},\n"
+        "    init_globals={'snakemake': snakemake})\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_png(out)
+    assert log.exists()
+    # The same pixels as the figure of both tables together, not as that of the first alone.
+    both, first = tmp_path / "both" / "figure.png", tmp_path / "first" / "figure.png"
+    plots.perturbation_calibration_figure(read_parquet(inputs), both, dpi=60)
+    plots.perturbation_calibration_figure(read_parquet(inputs[0]), first, dpi=60)
+    drawn = matplotlib.image.imread(out)
+    assert np.array_equal(drawn, matplotlib.image.imread(both))
+    first_alone = matplotlib.image.imread(first)
+    assert drawn.shape != first_alone.shape or not np.array_equal(drawn, first_alone)

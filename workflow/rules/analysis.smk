@@ -6,10 +6,10 @@
 # Like attribution, one job per (dataset, arch, method) covers every fold's model.
 rule faithfulness:
     input:
-        saliency=saliency_files,
-        data=dataset_file,
-        models=fold_model_files,
-        perturbed=perturbed_files,
+        saliency=get_saliency_files,
+        data=get_dataset_file,
+        models=get_fold_model_files,
+        perturbed=get_perturbed_files,
     output:
         "results/faithfulness/{dataset}/{arch}/{method}.parquet",
     log:
@@ -22,9 +22,9 @@ rule faithfulness:
     resources:
         gpu=config["resources"]["attribute"]["gpus"],
     params:
-        settings=faithfulness_settings,
-        members=ensemble_members,
-        method_params=method_params,
+        settings=get_faithfulness_settings,
+        members=get_ensemble_members,
+        method_params=get_method_params,
         seed=config["seed"],
         device=config["device"],
     script:
@@ -33,18 +33,18 @@ rule faithfulness:
 
 rule summarise_faithfulness:
     input:
-        faithfulness_files,
+        get_faithfulness_files,
     output:
-        summary="results/summary/{dataset}/faithfulness.parquet",
-        over_folds="results/summary/{dataset}/faithfulness_over_folds.parquet",
+        summary=summary_table("faithfulness"),
+        over_folds=summary_table("faithfulness_over_folds"),
     log:
         "logs/summarise_faithfulness/{dataset}.log",
     benchmark:
         "benchmarks/summarise_faithfulness/{dataset}.tsv"
     conda:
-        "../../envs/attribute.yaml"
+        "../../envs/metrics.yaml"
     params:
-        bootstrap=bootstrap_params,
+        bootstrap=get_bootstrap_settings,
     script:
         "../scripts/summarise_faithfulness.py"
 
@@ -52,9 +52,9 @@ rule summarise_faithfulness:
 rule sanity:
     input:
         # the clean maps fix the images and targets; perturbed maps are not read
-        saliency=clean_saliency_file,
-        data=dataset_file,
-        model=model_file,
+        saliency=get_clean_saliency_file,
+        data=get_dataset_file,
+        model=get_model_files,
     output:
         "results/sanity/{dataset}/{arch}/fold{fold}/{method}.parquet",
     log:
@@ -70,7 +70,7 @@ rule sanity:
         # only the keys the job uses: pass_threshold changes the summary alone
         max_images=config["analysis"]["sanity"]["max_images"],
         granularity=config["analysis"]["sanity"]["granularity"],
-        method_params=method_params,
+        method_params=get_method_params,
         batch_size=config["attribute"]["batch_size"],
         seed=config["seed"],
         device=config["device"],
@@ -80,15 +80,15 @@ rule sanity:
 
 rule summarise_sanity:
     input:
-        sanity_files,
+        get_sanity_files,
     output:
-        "results/summary/{dataset}/sanity.parquet",
+        summary_table("sanity"),
     log:
         "logs/summarise_sanity/{dataset}.log",
     benchmark:
         "benchmarks/summarise_sanity/{dataset}.tsv"
     conda:
-        "../../envs/attribute.yaml"
+        "../../envs/metrics.yaml"
     params:
         pass_threshold=config["analysis"]["sanity"]["pass_threshold"],
     script:
@@ -97,9 +97,9 @@ rule summarise_sanity:
 
 rule agreement:
     input:
-        agreement_files,
+        get_agreement_files,
     output:
-        "results/summary/{dataset}/agreement.parquet",
+        summary_table("agreement"),
     log:
         "logs/agreement/{dataset}.log",
     benchmark:
@@ -109,40 +109,39 @@ rule agreement:
     params:
         top_k_percent=config["metrics"]["top_k_percent"],
         same_target_only=config["analysis"]["agreement"]["same_target_only"],
-        bootstrap=bootstrap_params,
+        bootstrap=get_bootstrap_settings,
     script:
         "../scripts/agreement.py"
 
 
-# perturb env: the perturbation registry (for the families) imports the perturbation backends
 rule detection_by_family:
     input:
-        saliency_change_files,
+        get_saliency_change_files,
     output:
-        detection="results/summary/{dataset}/detection_by_family.parquet",
-        method_comparison="results/summary/{dataset}/method_comparison.parquet",
+        detection=summary_table("detection_by_family"),
+        method_comparison=summary_table("method_comparison"),
     log:
         "logs/detection_by_family/{dataset}.log",
     benchmark:
         "benchmarks/detection_by_family/{dataset}.tsv"
     conda:
-        "../../envs/perturb.yaml"
+        "../../envs/metrics.yaml"
     params:
         cv_folds=config["analysis"]["detection"]["cv_folds"],
-        bootstrap=bootstrap_params,
+        bootstrap=get_bootstrap_settings,
     script:
         "../scripts/detection.py"
 
 
 rule findings:
     input:
-        detection="results/summary/{dataset}/detection_by_family.parquet",
-        method_comparison="results/summary/{dataset}/method_comparison.parquet",
-        saliency_change="results/summary/{dataset}/saliency_change.parquet",
-        severity_trends="results/summary/{dataset}/severity_trends.parquet",
-        variance_decomposition="results/summary/{dataset}/variance_decomposition.parquet",
+        detection=summary_table("detection_by_family"),
+        method_comparison=summary_table("method_comparison"),
+        saliency_change=summary_table("saliency_change"),
+        severity_trends=summary_table("severity_trends"),
+        variance_decomposition=summary_table("variance_decomposition"),
     output:
-        table="results/summary/{dataset}/findings.parquet",
+        table=summary_table("findings"),
         csv="results/summary/{dataset}/findings.csv",
         page=report(
             "results/summary/{dataset}/findings.html",
@@ -163,101 +162,10 @@ rule findings:
         "../scripts/findings.py"
 
 
-rule plot_agreement:
-    input:
-        "results/summary/{dataset}/agreement.parquet",
-    output:
-        report(
-            "results/plots/{dataset}/agreement.png",
-            caption="../report/agreement.rst",
-            category="Saliency analysis",
-            labels={"dataset": "{dataset}", "figure": "agreement between models"},
-        ),
-    log:
-        "logs/plots/{dataset}/agreement.log",
-    benchmark:
-        "benchmarks/plots/{dataset}/agreement.tsv"
-    conda:
-        "../../envs/plots.yaml"
-    params:
-        dpi=config["plots"]["dpi"],
-    script:
-        "../scripts/plot_agreement.py"
-
-
-rule plot_faithfulness:
-    input:
-        "results/summary/{dataset}/faithfulness.parquet",
-    output:
-        report(
-            "results/plots/{dataset}/faithfulness.png",
-            caption="../report/faithfulness.rst",
-            category="Saliency analysis",
-            labels={"dataset": "{dataset}", "figure": "faithfulness vs severity"},
-        ),
-    log:
-        "logs/plots/{dataset}/faithfulness.log",
-    benchmark:
-        "benchmarks/plots/{dataset}/faithfulness.tsv"
-    conda:
-        "../../envs/plots.yaml"
-    params:
-        dpi=config["plots"]["dpi"],
-    script:
-        "../scripts/plot_faithfulness.py"
-
-
-rule plot_sanity:
-    input:
-        sanity_files,
-    output:
-        report(
-            "results/plots/{dataset}/sanity.png",
-            caption="../report/sanity.rst",
-            category="Saliency analysis",
-            labels={"dataset": "{dataset}", "figure": "randomisation sanity check"},
-        ),
-    log:
-        "logs/plots/{dataset}/sanity.log",
-    benchmark:
-        "benchmarks/plots/{dataset}/sanity.tsv"
-    conda:
-        "../../envs/plots.yaml"
-    params:
-        dpi=config["plots"]["dpi"],
-    script:
-        "../scripts/plot_sanity.py"
-
-
-rule plot_detection_by_family:
-    input:
-        "results/summary/{dataset}/detection_by_family.parquet",
-    output:
-        report(
-            "results/plots/{dataset}/detection_by_family.png",
-            caption="../report/detection_by_family.rst",
-            category="Saliency analysis",
-            labels={
-                "dataset": "{dataset}",
-                "figure": "detection per perturbation family",
-            },
-        ),
-    log:
-        "logs/plots/{dataset}/detection_by_family.log",
-    benchmark:
-        "benchmarks/plots/{dataset}/detection_by_family.tsv"
-    conda:
-        "../../envs/plots.yaml"
-    params:
-        dpi=config["plots"]["dpi"],
-    script:
-        "../scripts/plot_detection_by_family.py"
-
-
 rule train_shuffled_labels:
     input:
-        data=dataset_file,
-        folds="results/folds/{dataset}.parquet",
+        data=get_dataset_file,
+        folds=FOLDS_TABLE,
     output:
         "results/models/{dataset}/{arch}/fold{fold}/shuffled_labels.pt",
     log:
@@ -270,7 +178,7 @@ rule train_shuffled_labels:
     resources:
         gpu=config["resources"]["train"]["gpus"],
     params:
-        train=train_settings,
+        train=get_train_settings,
         seed=config["seed"],
         device=config["device"],
     script:
@@ -279,9 +187,9 @@ rule train_shuffled_labels:
 
 rule sanity_data:
     input:
-        saliency=clean_saliency_file,
-        data=dataset_file,
-        model=model_file,
+        saliency=get_clean_saliency_file,
+        data=get_dataset_file,
+        model=get_model_files,
         shuffled_model="results/models/{dataset}/{arch}/fold{fold}/shuffled_labels.pt",
     output:
         "results/sanity_data/{dataset}/{arch}/fold{fold}/{method}.parquet",
@@ -296,7 +204,7 @@ rule sanity_data:
         gpu=config["resources"]["attribute"]["gpus"],
     params:
         max_images=config["analysis"]["sanity"]["max_images"],
-        method_params=method_params,
+        method_params=get_method_params,
         batch_size=config["attribute"]["batch_size"],
         seed=config["seed"],
         device=config["device"],

@@ -10,8 +10,8 @@ ruleorder: attribute_clean > attribute
 
 rule attribute_clean:
     input:
-        data=dataset_file,
-        models=fold_model_files,
+        data=get_dataset_file,
+        models=get_fold_model_files,
     output:
         "results/saliency/{dataset}/{arch}/{method}/clean.parquet",
     log:
@@ -25,12 +25,12 @@ rule attribute_clean:
         gpu=config["resources"]["attribute"]["gpus"],
     params:
         # only what this job uses: editing another method or ensemble leaves it alone
-        members=ensemble_members,
-        method_params=method_params,
+        members=get_ensemble_members,
+        method_params=get_method_params,
         max_images=config["attribute"]["max_images"],
         batch_size=config["attribute"]["batch_size"],
         target=config["attribute"]["target"],
-        top_k_targets=top_k_targets,
+        top_k_targets=get_top_k_targets,
         precision=config["attribute"]["precision"],
         seed=config["seed"],
         device=config["device"],
@@ -41,8 +41,8 @@ rule attribute_clean:
 rule attribute:
     input:
         clean="results/saliency/{dataset}/{arch}/{method}/clean.parquet",
-        models=fold_model_files,
-        perturbed="results/perturbed/{dataset}/{perturbation}.npz",
+        models=get_fold_model_files,
+        perturbed=PERTURBED_IMAGES,
     output:
         "results/saliency/{dataset}/{arch}/{method}/{perturbation}.parquet",
     log:
@@ -55,9 +55,9 @@ rule attribute:
     resources:
         gpu=config["resources"]["attribute"]["gpus"],
     params:
-        # the clean table fixes the images and targets (max_images, target, top_k_targets)
-        members=ensemble_members,
-        method_params=method_params,
+        # the clean table fixes the images and targets (max_images, target, get_top_k_targets)
+        members=get_ensemble_members,
+        method_params=get_method_params,
         batch_size=config["attribute"]["batch_size"],
         precision=config["attribute"]["precision"],
         seed=config["seed"],

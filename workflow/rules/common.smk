@@ -10,17 +10,33 @@ wildcard_constraints:
     size=r"\d+",
 
 
+import csv
 import functools
 
 from snakemake.exceptions import WorkflowError
 
-from saliency_robustness.registry_check import config_errors, missing_packages_message
+# The library's light modules (registries, dataset metadata, config checks): standard
+# library, numpy, pandas and pyyaml only, no torch (tests/test_light_imports.py).
+try:
+    from saliency_robustness.config_checks import config_errors
+    from saliency_robustness.datasets.custom import has_masks
+    from saliency_robustness.datasets.info import dataset_info, is_multi_label
+    from saliency_robustness.datasets.labels import csv_has_uncertain_labels
+    from saliency_robustness.models.specs import train_params
+    from saliency_robustness.perturbations.registry import (
+        PERTURBATIONS,
+        resolve_perturbations,
+    )
+except ModuleNotFoundError as error:
+    raise WorkflowError(
+        "The Snakemake process needs the workflow's Python packages to check the config "
+        f"and plan the jobs, and '{error.name}' is missing. Run the Snakemake of the "
+        "virtualenv that `make run` creates (.venv/bin/snakemake), or install the "
+        "packages into the environment Snakemake runs in: pip install -r requirements.txt."
+    ) from None
 
 # Only the main process checks: each cluster job parses the Snakefile again.
-try:
-    _errors = config_errors(config) if workflow.is_main_process else []
-except ModuleNotFoundError as error:
-    raise WorkflowError(missing_packages_message(error)) from None
+_errors = config_errors(config) if workflow.is_main_process else []
 if _errors:
     raise ValueError("Invalid config:\n  " + "\n  ".join(_errors))
 
@@ -41,6 +57,25 @@ FOLDS = config["folds"]["run"] or list(range(config["folds"]["k"]))
 METHODS = config["attribute"]["methods"]
 
 
+# Path templates of files that several rules and input functions name, written once here.
+FOLDS_TABLE = "results/folds/{dataset}.parquet"
+MODEL_WEIGHTS = "results/models/{dataset}/{arch}/fold{fold}/model.pt"
+PERTURBED_IMAGES = "results/perturbed/{dataset}/{perturbation}.npz"
+# Saliency tables of one (dataset, arch, method): clean.parquet holds the clean maps of
+# every fold, <perturbation>.parquet the perturbed ones (attribute.smk).
+SALIENCY = "results/saliency/{dataset}/{arch}/{method}/{table}.parquet"
+
+
+def summary_table(name, dataset="{dataset}"):
+    """A dataset's summary table: results/summary/<dataset>/<name>.parquet."""
+    return f"results/summary/{dataset}/{name}.parquet"
+
+
+def figure_file(name, dataset="{dataset}"):
+    """A dataset's figure: results/plots/<dataset>/<name>.png."""
+    return f"results/plots/{dataset}/{name}.png"
+
+
 _PERTURBATIONS_OF = {}
 
 
@@ -51,11 +86,7 @@ def perturbations_for(dataset):
     if names != "auto":
         return names
     if dataset not in _PERTURBATIONS_OF:
-        from saliency_robustness.perturbations import resolve_perturbations
-
         try:  # channel count filters RGB-only perturbations; unknown datasets skip that
-            from saliency_robustness.data import dataset_info
-
             n_channels = dataset_info(dataset, config["data"]).n_channels
         except Exception:
             n_channels = None
@@ -68,7 +99,7 @@ def perturbations_for(dataset):
 CUSTOM = config["data"].get("custom") or {}
 
 
-def dataset_file(wildcards):
+def get_dataset_file(wildcards):
     """The dataset's npz: built from data.custom, or the downloaded MedMNIST file."""
     if wildcards.dataset in CUSTOM:
         return f"resources/custom/{wildcards.dataset}_{SIZE}.npz"
@@ -80,13 +111,11 @@ def _custom_csv(spec):
     return csv if csv.is_absolute() else Path(spec["root"]) / csv
 
 
-def custom_dataset_inputs(wildcards):
+def get_custom_dataset_files(wildcards):
     """A folder dataset's CSV and every image and mask it lists, so that editing or
     replacing any of them rebuilds the dataset; nothing for synthetic sets. Paths are
     checked (existence, inside root) at config time; stdlib csv keeps the parse light.
     """
-    import csv
-
     spec = CUSTOM[wildcards.dataset]
     if spec["source"] != "folder":
         return []
@@ -100,7 +129,7 @@ def custom_dataset_inputs(wildcards):
     return files
 
 
-def custom_dataset_spec(wildcards):
+def get_custom_dataset_spec(wildcards):
     """The dataset's config entry; ring_width only where set (> 0), so that datasets built
     before the key existed keep their params and are not rebuilt."""
     spec = dict(CUSTOM[wildcards.dataset])
@@ -109,43 +138,26 @@ def custom_dataset_spec(wildcards):
     return spec
 
 
-def has_masks(dataset):
+def dataset_has_masks(dataset):
     """Whether localisation metrics apply: synthetic sets, and folder sets whose CSV has a
-    filled 'mask' column (stdlib csv: the main process may lack the library's packages).
-    """
-    import csv
-
+    filled 'mask' column."""
     spec = CUSTOM.get(dataset)
-    if spec is None:
-        return False
-    if spec["source"] == "synthetic":
-        return True
-    path = _custom_csv(spec)
-    if not path.is_file():
-        return False
-    with open(path, newline="") as handle:
-        return any((row.get("mask") or "").strip() for row in csv.DictReader(handle))
+    return spec is not None and has_masks(spec)
 
 
-def top_k_targets(wildcards):
+def get_top_k_targets(wildcards):
     """attribute.top_k_targets for multi-label datasets and 1 for the others, where it is
     ignored: editing it reruns only the multi-label datasets' attribution."""
-    from saliency_robustness.data import dataset_info
-    from saliency_robustness.evaluation import is_multi_label
-
     task = dataset_info(wildcards.dataset, config["data"]).task
     return config["attribute"]["top_k_targets"] if is_multi_label(task) else 1
 
 
-def multi_label(wildcards):
+def get_multi_label(wildcards):
     """Whether the dataset's task is multi-label (per-label confidence in saliency_change)."""
-    from saliency_robustness.data import dataset_info
-    from saliency_robustness.evaluation import is_multi_label
-
     return is_multi_label(dataset_info(wildcards.dataset, config["data"]).task)
 
 
-def bootstrap_params(wildcards):
+def get_bootstrap_settings(wildcards):
     """Settings of the hierarchical bootstrap behind every interval and paired test."""
     return {
         "n_resamples": config["metrics"]["bootstrap_resamples"],
@@ -154,7 +166,7 @@ def bootstrap_params(wildcards):
     }
 
 
-def faithfulness_settings(wildcards):
+def get_faithfulness_settings(wildcards):
     """analysis.faithfulness without the covering keys at their defaults (covering [darken];
     binary_threshold only matters with binary_mask), so that finished faithfulness jobs
     keep their params and editing an unused threshold reruns nothing."""
@@ -166,23 +178,24 @@ def faithfulness_settings(wildcards):
     return settings
 
 
-def perturbed_files(wildcards):
+def get_perturbed_files(wildcards):
     return expand(
-        "results/perturbed/{dataset}/{perturbation}.npz",
+        PERTURBED_IMAGES,
         dataset=wildcards.dataset,
         perturbation=perturbations_for(wildcards.dataset),
     )
 
 
-def model_file(wildcards):
+def get_model_files(wildcards):
     """The model's weights; for an ensemble, every member's weights of the same fold."""
-    pattern = "results/models/{dataset}/{arch}/fold{fold}/model.pt"
     if wildcards.arch in ENSEMBLES:
         return [
-            pattern.format(dataset=wildcards.dataset, arch=member, fold=wildcards.fold)
+            MODEL_WEIGHTS.format(
+                dataset=wildcards.dataset, arch=member, fold=wildcards.fold
+            )
             for member in ENSEMBLES[wildcards.arch]
         ]
-    return pattern.format(**wildcards)
+    return MODEL_WEIGHTS.format(**wildcards)
 
 
 def per_model(pattern, dataset, **extra):
@@ -190,26 +203,21 @@ def per_model(pattern, dataset, **extra):
     return expand(pattern, dataset=dataset, arch=ARCHS, fold=FOLDS, **extra)
 
 
-def ensemble_members(wildcards):
+def get_ensemble_members(wildcards):
     """The ensemble's members (train.ensembles) when arch is one, else an empty list: an
     attribution job's params name only its own model."""
     return list(ENSEMBLES.get(wildcards.arch, []))
 
 
-def fold_model_files(wildcards):
+def get_fold_model_files(wildcards):
     """Every fold's weights of one architecture, fold-major (for an ensemble each fold's
     member weights): the models of one attribution job."""
     members = ENSEMBLES.get(wildcards.arch, [wildcards.arch])
     return [
-        f"results/models/{wildcards.dataset}/{member}/fold{fold}/model.pt"
+        MODEL_WEIGHTS.format(dataset=wildcards.dataset, arch=member, fold=fold)
         for fold in FOLDS
         for member in members
     ]
-
-
-# Saliency tables of one (dataset, arch, method): clean.parquet holds the clean maps of
-# every fold, <perturbation>.parquet the perturbed ones (attribute.smk).
-SALIENCY = "results/saliency/{dataset}/{arch}/{method}/{table}.parquet"
 
 
 def saliency_tables(dataset, arch, method):
@@ -223,12 +231,12 @@ def saliency_tables(dataset, arch, method):
     )
 
 
-def saliency_files(wildcards):
+def get_saliency_files(wildcards):
     """One architecture's and method's saliency tables (clean and perturbed)."""
     return saliency_tables(wildcards.dataset, wildcards.arch, wildcards.method)
 
 
-def clean_saliency_file(wildcards):
+def get_clean_saliency_file(wildcards):
     return SALIENCY.format(
         dataset=wildcards.dataset,
         arch=wildcards.arch,
@@ -237,22 +245,22 @@ def clean_saliency_file(wildcards):
     )
 
 
-def perturbation_params(wildcards):
+def get_perturbation_params(wildcards):
     return config["perturb"]["params"].get(wildcards.perturbation, {})
 
 
-def method_params(wildcards):
+def get_method_params(wildcards):
     return config["attribute"]["params"].get(wildcards.method, {})
 
 
-def classification_files(wildcards):
+def get_classification_files(wildcards):
     return per_model(
         "results/evaluation/{dataset}/{arch}/fold{fold}/metrics.parquet",
         wildcards.dataset,
     )
 
 
-def prediction_files(wildcards):
+def get_prediction_files(wildcards):
     """Every model's per-image predictions (classification intervals, robustness)."""
     return per_model(
         "results/evaluation/{dataset}/{arch}/fold{fold}/predictions.parquet",
@@ -260,7 +268,7 @@ def prediction_files(wildcards):
     )
 
 
-def history_files(wildcards):
+def get_history_files(wildcards):
     return expand(
         "results/models/{dataset}/{arch}/fold{fold}/history.parquet",
         dataset=wildcards.dataset,
@@ -269,7 +277,7 @@ def history_files(wildcards):
     )
 
 
-def saliency_change_files(wildcards):
+def get_saliency_change_files(wildcards):
     return expand(
         "results/metrics/saliency_change/{dataset}/{arch}/{method}.parquet",
         dataset=wildcards.dataset,
@@ -278,12 +286,12 @@ def saliency_change_files(wildcards):
     )
 
 
-def agreement_files(wildcards):
+def get_agreement_files(wildcards):
     """Every model's saliency tables of one dataset (pairs of architectures and folds)."""
     return saliency_tables(wildcards.dataset, ARCHS, METHODS)
 
 
-def faithfulness_files(wildcards):
+def get_faithfulness_files(wildcards):
     return expand(
         "results/faithfulness/{dataset}/{arch}/{method}.parquet",
         dataset=wildcards.dataset,
@@ -292,7 +300,7 @@ def faithfulness_files(wildcards):
     )
 
 
-def sanity_files(wildcards):
+def get_sanity_files(wildcards):
     """Randomisation checks of each architecture's first fold (they test the method); with
     analysis.sanity.data_randomisation also the shuffled-label model's (not for ensembles).
     """
@@ -325,19 +333,19 @@ def analysis_outputs(dataset):
     for family in families:
         name = tables.get(family, family)
         files += [
-            f"results/summary/{dataset}/{name}.parquet",
-            f"results/plots/{dataset}/{name}.png",
+            summary_table(name, dataset),
+            figure_file(name, dataset),
         ]
     if "detection" in families:  # the findings state the detection answers
         files += [
-            f"results/summary/{dataset}/findings.parquet",
+            summary_table("findings", dataset),
             f"results/summary/{dataset}/findings.csv",
             f"results/summary/{dataset}/findings.html",
         ]
     return files
 
 
-def localisation_files(wildcards):
+def get_localisation_files(wildcards):
     return expand(
         "results/localisation/{dataset}/{arch}/{method}.parquet",
         dataset=wildcards.dataset,
@@ -346,7 +354,7 @@ def localisation_files(wildcards):
     )
 
 
-def example_saliency_files(wildcards):
+def get_example_saliency_files(wildcards):
     """Every method's saliency tables of one architecture (the figure shows FOLDS[0])."""
     return saliency_tables(wildcards.dataset, wildcards.arch, METHODS)
 
@@ -354,16 +362,15 @@ def example_saliency_files(wildcards):
 def all_outputs():
     outputs = []
     for dataset in DATASETS:
-        outputs += expand(
-            "results/plots/{dataset}/{plot}.png",
-            dataset=dataset,
-            plot=[
+        outputs += [
+            figure_file(name, dataset)
+            for name in [
                 "training_curves",
                 "classification_vs_severity",
                 "saliency_change_vs_severity",
                 "misclassification_detection",
-            ],
-        )
+            ]
+        ]
         outputs += expand(
             "results/plots/{dataset}/examples_{arch}.png", dataset=dataset, arch=ARCHS
         )
@@ -373,18 +380,17 @@ def all_outputs():
             perturbation=perturbations_for(dataset),
         )
         outputs += [  # perturbation calibration, preview grid, robustness scores
-            f"results/summary/{dataset}/perturbation_calibration.parquet",
-            f"results/plots/{dataset}/perturbation_calibration.png",
-            f"results/plots/{dataset}/perturbation_grid.png",
-            f"results/summary/{dataset}/robustness.parquet",
-            f"results/summary/{dataset}/robustness_summary.parquet",
-            f"results/summary/{dataset}/robustness_over_folds.parquet",
-            f"results/plots/{dataset}/robustness.png",
+            summary_table("perturbation_calibration", dataset),
+            figure_file("perturbation_calibration", dataset),
+            figure_file("perturbation_grid", dataset),
+            summary_table("robustness", dataset),
+            summary_table("robustness_summary", dataset),
+            summary_table("robustness_over_folds", dataset),
+            figure_file("robustness", dataset),
         ]
-        outputs += expand(
-            "results/summary/{dataset}/{table}.parquet",
-            dataset=dataset,
-            table=[
+        outputs += [
+            summary_table(name, dataset)
+            for name in [
                 "classification",
                 "classification_summary",
                 "training_history",
@@ -392,12 +398,12 @@ def all_outputs():
                 "misclassification_detection",
                 "severity_trends",
                 "variance_decomposition",
-            ],
-        )
-        if has_masks(dataset):  # localisation needs lesion masks
+            ]
+        ]
+        if dataset_has_masks(dataset):  # localisation needs lesion masks
             outputs += [
-                f"results/summary/{dataset}/localisation.parquet",
-                f"results/plots/{dataset}/localisation.png",
+                summary_table("localisation", dataset),
+                figure_file("localisation", dataset),
             ]
         outputs += analysis_outputs(dataset)
     outputs += colour_preview_outputs()  # perturb.smk: only for studies with RGB data
@@ -407,8 +413,6 @@ def all_outputs():
 def _n_channels(dataset):
     """Channel count of a dataset, None where unknown."""
     try:  # as perturbations_for: unknown datasets count as not RGB
-        from saliency_robustness.data import dataset_info
-
         return dataset_info(dataset, config["data"]).n_channels
     except Exception:
         return None
@@ -417,8 +421,6 @@ def _n_channels(dataset):
 def colour_preview_perturbations():
     """The study's perturbations that take RGB images: those its RGB datasets get, or in a
     study without one (the figure is then built only on request) every dataset's."""
-    from saliency_robustness.perturbations import PERTURBATIONS
-
     rgb = [d for d in DATASETS if _n_channels(d) == 3]
     names = dict.fromkeys(n for d in (rgb or DATASETS) for n in perturbations_for(d))
     return [n for n in names if n in PERTURBATIONS and 3 in PERTURBATIONS[n].channels]
@@ -435,8 +437,6 @@ def colour_preview_outputs():
 @functools.cache  # read each CSV once, not once per train job
 def has_uncertain_labels(dataset):
     """Whether a multi-label folder dataset's CSV marks a label uncertain (name:-1)."""
-    from saliency_robustness.labels import csv_has_uncertain_labels
-
     spec = CUSTOM.get(dataset) or {}
     if spec.get("source") != "folder" or spec.get("task") != "multi-label":
         return False
@@ -444,15 +444,13 @@ def has_uncertain_labels(dataset):
     return path.is_file() and csv_has_uncertain_labels(path)
 
 
-def train_settings(wildcards):
-    """train settings of this job's model only (model_specs.train_params: a variant's
+def get_train_settings(wildcards):
+    """train settings of this job's model only (models.specs.train_params: a variant's
     overrides applied, options only where not at their defaults): adding an architecture,
     variant or ensemble, or another architecture's weights file, changes no finished train
     job's params; checkpoint_every changes no result and is read from the config by the
     script; uncertain_labels only where the dataset has uncertain labels (the others draw
     none)."""
-    from saliency_robustness.model_specs import train_params
-
     settings = train_params(wildcards.arch, config["train"])
     if not has_uncertain_labels(wildcards.dataset):
         settings.pop("uncertain_labels", None)

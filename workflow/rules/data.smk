@@ -15,9 +15,9 @@ rule download_medmnist:
 
 rule folds:
     input:
-        dataset_file,
+        get_dataset_file,
     output:
-        "results/folds/{dataset}.parquet",
+        FOLDS_TABLE,
     log:
         "logs/folds/{dataset}.log",
     benchmark:
@@ -33,7 +33,7 @@ rule folds:
 
 rule custom_dataset:
     input:
-        custom_dataset_inputs,
+        get_custom_dataset_files,
     output:
         "resources/custom/{dataset}_{size}.npz",
     log:
@@ -44,7 +44,7 @@ rule custom_dataset:
         "../../envs/data.yaml"
     # The spec is a param: editing the dataset's config entry rebuilds it.
     params:
-        spec=custom_dataset_spec,
+        spec=get_custom_dataset_spec,
         seed=config["seed"],
     script:
         "../scripts/build_custom_dataset.py"

@@ -1,8 +1,8 @@
 rule evaluate:
     input:
-        data=dataset_file,
-        model=model_file,
-        perturbed=perturbed_files,
+        data=get_dataset_file,
+        model=get_model_files,
+        perturbed=get_perturbed_files,
     output:
         predictions="results/evaluation/{dataset}/{arch}/fold{fold}/predictions.parquet",
         metrics="results/evaluation/{dataset}/{arch}/fold{fold}/metrics.parquet",
@@ -18,6 +18,6 @@ rule evaluate:
     params:
         batch_size=config["evaluate"]["batch_size"],
         device=config["device"],
-        members=ensemble_members,
+        members=get_ensemble_members,
     script:
         "../scripts/evaluate.py"

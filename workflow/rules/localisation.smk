@@ -1,7 +1,7 @@
 rule localisation:
     input:
-        saliency=saliency_files,
-        data=dataset_file,
+        saliency=get_saliency_files,
+        data=get_dataset_file,
     output:
         "results/localisation/{dataset}/{arch}/{method}.parquet",
     log:
@@ -19,9 +19,9 @@ rule localisation:
 
 rule summarise_localisation:
     input:
-        localisation_files,
+        get_localisation_files,
     output:
-        "results/summary/{dataset}/localisation.parquet",
+        summary_table("localisation"),
     log:
         "logs/summarise_localisation/{dataset}.log",
     benchmark:
@@ -29,28 +29,6 @@ rule summarise_localisation:
     conda:
         "../../envs/metrics.yaml"
     params:
-        bootstrap=bootstrap_params,
+        bootstrap=get_bootstrap_settings,
     script:
         "../scripts/summarise_localisation.py"
-
-
-rule plot_localisation:
-    input:
-        "results/summary/{dataset}/localisation.parquet",
-    output:
-        report(
-            "results/plots/{dataset}/localisation.png",
-            caption="../report/localisation.rst",
-            category="Localisation",
-            labels={"dataset": "{dataset}", "figure": "localisation vs severity"},
-        ),
-    log:
-        "logs/plots/{dataset}/localisation.log",
-    benchmark:
-        "benchmarks/plots/{dataset}/localisation.tsv"
-    conda:
-        "../../envs/plots.yaml"
-    params:
-        dpi=config["plots"]["dpi"],
-    script:
-        "../scripts/plot_localisation.py"

@@ -1,7 +1,7 @@
 # One job per (dataset, arch, method), every fold: it reads that pair's saliency tables.
 rule saliency_change:
     input:
-        saliency_files,
+        get_saliency_files,
     output:
         "results/metrics/saliency_change/{dataset}/{arch}/{method}.parquet",
     log:
@@ -12,23 +12,23 @@ rule saliency_change:
         "../../envs/metrics.yaml"
     params:
         top_k_percent=config["metrics"]["top_k_percent"],
-        multi_label=multi_label,
+        multi_label=get_multi_label,
     script:
         "../scripts/saliency_change.py"
 
 
 rule summarise:
     input:
-        classification=classification_files,
-        history=history_files,
-        saliency_change=saliency_change_files,
+        classification=get_classification_files,
+        history=get_history_files,
+        saliency_change=get_saliency_change_files,
     output:
-        classification="results/summary/{dataset}/classification.parquet",
-        training_history="results/summary/{dataset}/training_history.parquet",
-        saliency_change="results/summary/{dataset}/saliency_change.parquet",
-        detection="results/summary/{dataset}/misclassification_detection.parquet",
-        severity_trends="results/summary/{dataset}/severity_trends.parquet",
-        variance_decomposition="results/summary/{dataset}/variance_decomposition.parquet",
+        classification=summary_table("classification"),
+        training_history=summary_table("training_history"),
+        saliency_change=summary_table("saliency_change"),
+        detection=summary_table("misclassification_detection"),
+        severity_trends=summary_table("severity_trends"),
+        variance_decomposition=summary_table("variance_decomposition"),
     log:
         "logs/summarise/{dataset}.log",
     benchmark:
@@ -36,16 +36,16 @@ rule summarise:
     conda:
         "../../envs/metrics.yaml"
     params:
-        bootstrap=bootstrap_params,
+        bootstrap=get_bootstrap_settings,
     script:
         "../scripts/summarise.py"
 
 
 rule summarise_classification:
     input:
-        prediction_files,
+        get_prediction_files,
     output:
-        "results/summary/{dataset}/classification_summary.parquet",
+        summary_table("classification_summary"),
     log:
         "logs/summarise_classification/{dataset}.log",
     benchmark:
@@ -53,6 +53,6 @@ rule summarise_classification:
     conda:
         "../../envs/metrics.yaml"
     params:
-        bootstrap=bootstrap_params,
+        bootstrap=get_bootstrap_settings,
     script:
         "../scripts/summarise_classification.py"

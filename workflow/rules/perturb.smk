@@ -1,8 +1,8 @@
 rule perturb:
     input:
-        dataset_file,
+        get_dataset_file,
     output:
-        images="results/perturbed/{dataset}/{perturbation}.npz",
+        images=PERTURBED_IMAGES,
         preview=report(
             "results/plots/{dataset}/perturbations/{perturbation}.png",
             caption="../report/perturbation_preview.rst",
@@ -19,17 +19,17 @@ rule perturb:
     params:
         severities=config["perturb"]["severities"],
         seed=config["seed"],
-        overrides=perturbation_params,
+        overrides=get_perturbation_params,
     script:
         "../scripts/perturb.py"
 
 
 rule perturbation_calibration:
     input:
-        data=dataset_file,
-        perturbed=perturbed_files,
+        data=get_dataset_file,
+        perturbed=get_perturbed_files,
     output:
-        "results/summary/{dataset}/perturbation_calibration.parquet",
+        summary_table("perturbation_calibration"),
     log:
         "logs/perturbation_calibration/{dataset}.log",
     benchmark:
@@ -40,36 +40,13 @@ rule perturbation_calibration:
         "../scripts/perturbation_calibration.py"
 
 
-rule plot_perturbation_calibration:
-    input:
-        "results/summary/{dataset}/perturbation_calibration.parquet",
-    output:
-        report(
-            "results/plots/{dataset}/perturbation_calibration.png",
-            caption="../report/perturbation_calibration.rst",
-            category="Perturbations",
-            subcategory="{dataset}",
-            labels={"dataset": "{dataset}", "figure": "calibration (SSIM, PSNR)"},
-        ),
-    log:
-        "logs/plot_perturbation_calibration/{dataset}.log",
-    benchmark:
-        "benchmarks/plot_perturbation_calibration/{dataset}.tsv"
-    conda:
-        "../../envs/plots.yaml"
-    params:
-        dpi=config["plots"]["dpi"],
-    script:
-        "../scripts/plot_perturbation_calibration.py"
-
-
 rule plot_perturbation_grid:
     input:
-        data=dataset_file,
-        perturbed=perturbed_files,
+        data=get_dataset_file,
+        perturbed=get_perturbed_files,
     output:
         report(
-            "results/plots/{dataset}/perturbation_grid.png",
+            figure_file("perturbation_grid"),
             caption="../report/perturbation_grid.rst",
             category="Perturbations",
             subcategory="{dataset}",
@@ -91,12 +68,12 @@ rule plot_perturbation_grid:
 # metrics env: the intervals recompute balanced errors on bootstrap resamples of the images
 rule robustness:
     input:
-        metrics=classification_files,
-        predictions=prediction_files,
+        metrics=get_classification_files,
+        predictions=get_prediction_files,
     output:
-        scores="results/summary/{dataset}/robustness.parquet",
-        summary="results/summary/{dataset}/robustness_summary.parquet",
-        over_folds="results/summary/{dataset}/robustness_over_folds.parquet",
+        scores=summary_table("robustness"),
+        summary=summary_table("robustness_summary"),
+        over_folds=summary_table("robustness_over_folds"),
     log:
         "logs/robustness/{dataset}.log",
     benchmark:
@@ -105,32 +82,9 @@ rule robustness:
         "../../envs/metrics.yaml"
     params:
         baseline=config["perturb"]["baseline_arch"] or ARCHS[0],
-        bootstrap=bootstrap_params,
+        bootstrap=get_bootstrap_settings,
     script:
         "../scripts/robustness.py"
-
-
-rule plot_robustness:
-    input:
-        "results/summary/{dataset}/robustness.parquet",
-    output:
-        report(
-            "results/plots/{dataset}/robustness.png",
-            caption="../report/robustness.rst",
-            category="Classification",
-            subcategory="{dataset}",
-            labels={"dataset": "{dataset}", "figure": "robustness (balanced error)"},
-        ),
-    log:
-        "logs/plot_robustness/{dataset}.log",
-    benchmark:
-        "benchmarks/plot_robustness/{dataset}.tsv"
-    conda:
-        "../../envs/plots.yaml"
-    params:
-        dpi=config["plots"]["dpi"],
-    script:
-        "../scripts/plot_robustness.py"
 
 
 # One light job, no dataset input: four generated colour test images (fundus, dermatoscopy,

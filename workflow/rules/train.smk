@@ -1,9 +1,9 @@
 rule train:
     input:
-        data=dataset_file,
-        folds="results/folds/{dataset}.parquet",
+        data=get_dataset_file,
+        folds=FOLDS_TABLE,
     output:
-        model="results/models/{dataset}/{arch}/fold{fold}/model.pt",
+        model=MODEL_WEIGHTS,
         history="results/models/{dataset}/{arch}/fold{fold}/history.parquet",
         metrics="results/models/{dataset}/{arch}/fold{fold}/train_metrics.json",
     log:
@@ -16,7 +16,7 @@ rule train:
     resources:
         gpu=config["resources"]["train"]["gpus"],
     params:
-        train=train_settings,
+        train=get_train_settings,
         seed=config["seed"],
         device=config["device"],
     script:

@@ -1,6 +1,6 @@
 """Agreement of saliency maps between every pair of models (architectures, folds)."""
 
-from saliency_robustness.agreement import agreement
+from saliency_robustness.analysis.agreement import agreement
 from saliency_robustness.logs import log_to_file
 from saliency_robustness.tables import read_saliency, write_parquet
 

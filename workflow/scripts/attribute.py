@@ -3,17 +3,18 @@ and one method; images and targets come from the clean table."""
 
 import torch
 
-from saliency_robustness.attribution import (
+from saliency_robustness.attribution.maps import model_method_params
+from saliency_robustness.attribution.table import (
     attribute_perturbed,
-    model_method_params,
     saliency_schema,
     trained_models_by_fold,
 )
-from saliency_robustness.data import dataset_info, folds_in_paths, load_perturbed
-from saliency_robustness.evaluation import is_multi_label
+from saliency_robustness.datasets.folds import folds_in_paths
+from saliency_robustness.datasets.info import dataset_info, is_multi_label
+from saliency_robustness.datasets.npz import load_perturbed
 from saliency_robustness.logs import log_to_file
-from saliency_robustness.models import resolve_device
-from saliency_robustness.tables import read_parquet, write_parquet_parts
+from saliency_robustness.models.tensors import resolve_device
+from saliency_robustness.tables import MAP_KEYS, read_parquet, write_parquet_parts
 
 log_to_file(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
@@ -22,7 +23,7 @@ info = dataset_info(wc.dataset, snakemake.config["data"])
 perturbed = load_perturbed([snakemake.input.perturbed])
 clean = read_parquet(
     snakemake.input.clean,
-    columns=["dataset", "arch", "fold", "method", "perturbation", "image_index", "label", "target"],
+    columns=[*MAP_KEYS, "perturbation", "image_index", "label", "target"],
 )
 height, width = next(iter(perturbed.values()))[1].shape[2:4]
 device = resolve_device(params.device)
@@ -33,7 +34,7 @@ def tables():
     for fold, model in trained_models_by_fold(
         snakemake.input.models, folds_in_paths(snakemake.input.models),
         wc.arch, params.members, info, height, device,
-        train=snakemake.config["train"],  # each model's resolved settings (model_specs)
+        train=snakemake.config["train"],  # each model's resolved settings (models.specs)
     ):  # fmt: skip
         yield attribute_perturbed(
             model,

@@ -2,16 +2,17 @@
 
 import torch
 
-from saliency_robustness.attribution import (
+from saliency_robustness.attribution.maps import model_method_params
+from saliency_robustness.attribution.table import (
     attribute_clean,
-    model_method_params,
     saliency_schema,
     trained_models_by_fold,
 )
-from saliency_robustness.data import dataset_info, folds_in_paths, load_npz
-from saliency_robustness.evaluation import is_multi_label
+from saliency_robustness.datasets.folds import folds_in_paths
+from saliency_robustness.datasets.info import dataset_info, is_multi_label
+from saliency_robustness.datasets.npz import load_npz
 from saliency_robustness.logs import log_to_file
-from saliency_robustness.models import resolve_device
+from saliency_robustness.models.tensors import resolve_device
 from saliency_robustness.tables import write_parquet_parts
 
 log_to_file(snakemake.log[0])
@@ -29,7 +30,7 @@ def tables():
     for fold, model in trained_models_by_fold(
         snakemake.input.models, folds_in_paths(snakemake.input.models),
         wc.arch, params.members, info, images.shape[1],
-        device, train=snakemake.config["train"],  # each model's resolved settings (model_specs)
+        device, train=snakemake.config["train"],  # each model's resolved settings (models.specs)
     ):  # fmt: skip
         yield attribute_clean(
             model,

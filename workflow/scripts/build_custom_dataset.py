@@ -1,6 +1,6 @@
 """Build a data.custom dataset (image folder + CSV, or synthetic) into the MedMNIST npz layout."""
 
-from saliency_robustness.custom_data import build_custom_dataset, write_npz
+from saliency_robustness.datasets.custom import build_custom_dataset, write_npz
 from saliency_robustness.logs import log_to_file
 
 log_to_file(snakemake.log[0])

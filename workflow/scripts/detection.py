@@ -1,9 +1,9 @@
 """Misclassification detection per perturbation family, beyond the baselines, with
 intervals, paired tests and q-values; and method-vs-method comparisons."""
 
-from saliency_robustness.detection import detection_by_family
+from saliency_robustness.analysis.detection import detection_by_family
 from saliency_robustness.logs import log_to_file
-from saliency_robustness.perturbations import get_perturbation
+from saliency_robustness.perturbations.registry import get_perturbation
 from saliency_robustness.tables import read_parquet, write_parquet
 
 log_to_file(snakemake.log[0])

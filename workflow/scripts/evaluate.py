@@ -2,10 +2,12 @@
 
 import torch
 
-from saliency_robustness.data import dataset_info, load_npz, load_perturbed
-from saliency_robustness.evaluation import evaluate_model, is_multi_label
+from saliency_robustness.datasets.info import dataset_info, is_multi_label
+from saliency_robustness.datasets.npz import load_npz, load_perturbed
+from saliency_robustness.evaluation import evaluate_model
 from saliency_robustness.logs import log_to_file
-from saliency_robustness.models import load_trained_model, resolve_device
+from saliency_robustness.models.loading import load_trained_model
+from saliency_robustness.models.tensors import resolve_device
 from saliency_robustness.tables import write_parquet
 
 log_to_file(snakemake.log[0])

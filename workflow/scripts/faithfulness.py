@@ -4,12 +4,14 @@ clean and perturbed images."""
 import pandas as pd
 import torch
 
-from saliency_robustness.attribution import model_method_params, trained_models_by_fold
-from saliency_robustness.data import dataset_info, folds_in_paths, load_npz, load_perturbed
-from saliency_robustness.evaluation import is_multi_label
-from saliency_robustness.faithfulness import FaithfulnessSettings, faithfulness_table
+from saliency_robustness.analysis.faithfulness import FaithfulnessSettings, faithfulness_table
+from saliency_robustness.attribution.maps import model_method_params
+from saliency_robustness.attribution.table import trained_models_by_fold
+from saliency_robustness.datasets.folds import folds_in_paths
+from saliency_robustness.datasets.info import dataset_info, is_multi_label
+from saliency_robustness.datasets.npz import load_npz, load_perturbed
 from saliency_robustness.logs import log_to_file
-from saliency_robustness.models import resolve_device
+from saliency_robustness.models.tensors import resolve_device
 from saliency_robustness.tables import read_saliency, write_parquet
 
 log_to_file(snakemake.log[0])
@@ -36,7 +38,7 @@ tables = []
 for fold, model in trained_models_by_fold(
     snakemake.input.models, folds_in_paths(snakemake.input.models),
     wc.arch, params.members, info, clean.shape[1], device,
-    train=snakemake.config["train"],  # each model's resolved settings (model_specs)
+    train=snakemake.config["train"],  # each model's resolved settings (models.specs)
 ):  # fmt: skip
     tables.append(
         faithfulness_table(

@@ -4,7 +4,7 @@ against the lesion masks."""
 import numpy as np
 import pandas as pd
 
-from saliency_robustness.localisation import localisation
+from saliency_robustness.analysis.localisation import localisation
 from saliency_robustness.logs import log_to_file
 from saliency_robustness.tables import read_saliency, saliency_folds, write_parquet
 

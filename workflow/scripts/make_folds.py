@@ -3,7 +3,8 @@ official test split stays held out."""
 
 import numpy as np
 
-from saliency_robustness.data import folds_from_column, load_npz, make_folds, pooled_train_val
+from saliency_robustness.datasets.folds import folds_from_column, make_folds, pooled_train_val
+from saliency_robustness.datasets.npz import load_npz
 from saliency_robustness.logs import log_to_file
 from saliency_robustness.tables import write_parquet
 

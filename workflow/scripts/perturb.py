@@ -3,10 +3,10 @@
 import numpy as np
 import torch
 
-from saliency_robustness.data import load_npz
+from saliency_robustness.datasets.npz import load_npz
 from saliency_robustness.logs import log_to_file
-from saliency_robustness.perturbations import perturb_all_severities
-from saliency_robustness.plots import perturbation_preview
+from saliency_robustness.perturbations.apply import perturb_all_severities
+from saliency_robustness.plots import perturbation_preview_figure
 from saliency_robustness.tables import atomic_path
 
 log_to_file(snakemake.log[0])
@@ -25,4 +25,4 @@ stack = perturb_all_severities(
 )
 with atomic_path(snakemake.output.images) as tmp, open(tmp, "wb") as handle:
     np.savez_compressed(handle, images=stack, severities=np.asarray(severities))
-perturbation_preview(clean, stack, severities, name, snakemake.output.preview)
+perturbation_preview_figure(clean, stack, severities, name, snakemake.output.preview)

@@ -2,9 +2,10 @@
 
 import pandas as pd
 
-from saliency_robustness.data import load_npz, load_perturbed
+from saliency_robustness.datasets.npz import load_npz, load_perturbed
 from saliency_robustness.logs import log_to_file
-from saliency_robustness.perturbations import PERTURBATIONS, calibration
+from saliency_robustness.perturbations.apply import calibration
+from saliency_robustness.perturbations.registry import PERTURBATIONS
 from saliency_robustness.tables import write_parquet
 
 log_to_file(snakemake.log[0])

@@ -1,8 +1,8 @@
 """Figure: example images at each severity with every method's saliency map."""
 
-from saliency_robustness.data import load_npz, load_perturbed
+from saliency_robustness.datasets.npz import load_npz, load_perturbed
 from saliency_robustness.logs import log_to_file
-from saliency_robustness.plots import saliency_examples
+from saliency_robustness.plots import saliency_examples_figure
 from saliency_robustness.tables import maps_from_table, read_saliency
 
 log_to_file(snakemake.log[0])
@@ -17,7 +17,7 @@ for method, table in saliency.groupby("method", sort=False):
         for (name, severity), group in table.groupby(["perturbation", "severity"])
     }
 n_attributed = len(next(iter(next(iter(maps.values())).values())))
-saliency_examples(
+saliency_examples_figure(
     load_npz(snakemake.input.data)["test_images"],
     load_perturbed(snakemake.input.perturbed),
     maps,

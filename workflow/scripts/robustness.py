@@ -1,13 +1,13 @@
 """MedMNIST-C robustness scores (BE, normalised and relative BE, mCE-style summary), with
 bootstrap intervals from the per-image predictions."""
 
-from saliency_robustness.logs import log_to_file
-from saliency_robustness.robustness import (
+from saliency_robustness.analysis.robustness import (
     attach_intervals,
     robustness_bootstrap,
     robustness_scores,
     robustness_summary,
 )
+from saliency_robustness.logs import log_to_file
 from saliency_robustness.tables import read_parquet, write_parquet
 
 log_to_file(snakemake.log[0])

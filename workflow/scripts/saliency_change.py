@@ -3,8 +3,8 @@ architecture's models (every fold) and one method."""
 
 import pandas as pd
 
+from saliency_robustness.analysis.saliency_change import saliency_change
 from saliency_robustness.logs import log_to_file
-from saliency_robustness.metrics import saliency_change
 from saliency_robustness.tables import read_saliency, saliency_folds, write_parquet
 
 log_to_file(snakemake.log[0])

@@ -3,11 +3,13 @@
 import numpy as np
 import torch
 
-from saliency_robustness.attribution import model_method_params
-from saliency_robustness.data import dataset_info, load_npz
+from saliency_robustness.analysis.sanity import data_randomisation, model_randomisation
+from saliency_robustness.attribution.maps import model_method_params
+from saliency_robustness.datasets.info import dataset_info
+from saliency_robustness.datasets.npz import load_npz
 from saliency_robustness.logs import log_to_file
-from saliency_robustness.models import load_trained_model, resolve_device
-from saliency_robustness.sanity import data_randomisation, model_randomisation
+from saliency_robustness.models.loading import load_trained_model
+from saliency_robustness.models.tensors import resolve_device
 from saliency_robustness.tables import read_parquet, write_parquet
 
 log_to_file(snakemake.log[0])
@@ -32,7 +34,7 @@ model = load_trained_model(
     images.shape[1],
     device,
     ensembles,
-    train=snakemake.config["train"],  # each model's resolved settings (model_specs)
+    train=snakemake.config["train"],  # each model's resolved settings (models.specs)
 )
 params = model_method_params(wc.method, snakemake.params.method_params, model, images.shape[1])
 targets = clean["target"].to_numpy()

@@ -1,8 +1,12 @@
 """Gather one dataset's per-model tables into summary tables across folds, with intervals."""
 
-from saliency_robustness.detection import misclassification_detection
+from saliency_robustness.analysis.detection import misclassification_detection
+from saliency_robustness.analysis.saliency_change import (
+    severity_trends,
+    summarise_change,
+    variance_decomposition,
+)
 from saliency_robustness.logs import log_to_file
-from saliency_robustness.metrics import severity_trends, summarise_change, variance_decomposition
 from saliency_robustness.tables import read_parquet, write_parquet
 
 log_to_file(snakemake.log[0])

@@ -1,7 +1,10 @@
 """Long tables of mean faithfulness metrics for a dataset: per fold, and over folds, with
 bootstrap intervals."""
 
-from saliency_robustness.faithfulness import faithfulness_over_folds, summarise_faithfulness
+from saliency_robustness.analysis.faithfulness_summary import (
+    faithfulness_over_folds,
+    summarise_faithfulness,
+)
 from saliency_robustness.logs import log_to_file
 from saliency_robustness.tables import read_parquet, write_parquet
 

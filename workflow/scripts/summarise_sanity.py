@@ -1,7 +1,7 @@
 """One long table of the randomisation sanity check for a dataset."""
 
+from saliency_robustness.analysis.sanity_summary import summarise_randomisation
 from saliency_robustness.logs import log_to_file
-from saliency_robustness.sanity import summarise_randomisation
 from saliency_robustness.tables import read_parquet, write_parquet
 
 log_to_file(snakemake.log[0])

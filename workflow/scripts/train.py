@@ -5,7 +5,8 @@ import json
 import pandas as pd
 import torch
 
-from saliency_robustness.data import dataset_info, load_npz
+from saliency_robustness.datasets.info import dataset_info
+from saliency_robustness.datasets.npz import load_npz
 from saliency_robustness.evaluation import (
     classification_metrics,
     is_multi_label,
@@ -13,7 +14,8 @@ from saliency_robustness.evaluation import (
     predict_proba,
 )
 from saliency_robustness.logs import log_to_file
-from saliency_robustness.models import resolve_device, save_weights
+from saliency_robustness.models.tensors import resolve_device
+from saliency_robustness.models.weights import save_weights
 from saliency_robustness.tables import atomic_path, write_parquet
 from saliency_robustness.training import checkpoint_path, train_fold
 

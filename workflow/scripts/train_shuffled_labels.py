@@ -4,11 +4,12 @@ sanity check's model (Adebayo et al. 2018). Same recipe as the train rule."""
 import pandas as pd
 import torch
 
-from saliency_robustness.data import dataset_info, load_npz
-from saliency_robustness.evaluation import is_multi_label
+from saliency_robustness.analysis.sanity import shuffled_labels
+from saliency_robustness.datasets.info import dataset_info, is_multi_label
+from saliency_robustness.datasets.npz import load_npz
 from saliency_robustness.logs import log_to_file
-from saliency_robustness.models import resolve_device, save_weights
-from saliency_robustness.sanity import shuffled_labels
+from saliency_robustness.models.tensors import resolve_device
+from saliency_robustness.models.weights import save_weights
 from saliency_robustness.training import checkpoint_path, train_fold
 
 log_to_file(snakemake.log[0])

@@ -1,8 +1,0 @@
-"""Figure: model x model agreement matrices per method."""
-
-from saliency_robustness.logs import log_to_file
-from saliency_robustness.plots import agreement_matrices
-from saliency_robustness.tables import read_parquet
-
-log_to_file(snakemake.log[0])
-agreement_matrices(read_parquet(snakemake.input[0]), snakemake.output[0], dpi=snakemake.params.dpi)
