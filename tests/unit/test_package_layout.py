@@ -109,3 +109,36 @@ def test_light_modules_import_no_deep_learning_stack():
         check=True,
     )
     assert json.loads(result.stdout) == []
+
+
+REPO = SRC.parent
+IMPORTERS = sorted(
+    path
+    for folder in ("src", "workflow/scripts", "tests", "bench")
+    for path in (REPO / folder).rglob("*.py")
+)
+
+
+def _library_imports(path: Path) -> list[tuple[int, str, str]]:
+    """(line, module, name) of every ``from saliency_robustness... import name``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+            "saliency_robustness"
+        ):
+            found += [(node.lineno, node.module, alias.name) for alias in node.names]
+    return found
+
+
+def test_every_library_import_in_the_repository_names_something_that_exists():
+    """Scripts, tests and benchmarks import names the library has (a moved or renamed name
+    fails here, not in a workflow job)."""
+    import importlib
+
+    missing = []
+    for path in IMPORTERS:
+        for line, module, name in _library_imports(path):
+            target = importlib.import_module(module)
+            if not hasattr(target, name) and f"{module}.{name}" not in MODULES:
+                missing.append(f"{path.relative_to(REPO)}:{line}: {module}.{name}")
+    assert missing == []

@@ -5,11 +5,10 @@ import json
 import pandas as pd
 import torch
 
-from saliency_robustness.datasets.info import dataset_info
+from saliency_robustness.datasets.info import dataset_info, is_multi_label
 from saliency_robustness.datasets.npz import load_npz
 from saliency_robustness.evaluation import (
     classification_metrics,
-    is_multi_label,
     metric_rows,
     predict_proba,
 )
