@@ -296,10 +296,11 @@ def graded_hit_config_errors(config: Mapping) -> list[str]:
     """Config-time check: a synthetic set with ``ring_width`` > 0 has mask level 2, which
     ``localisation.graded_hit_scores`` must score (own-data levels are known only once the
     masks are read: the localisation job names a level without a score)."""
-    scores = config["localisation"]["graded_hit_scores"]
+    # absent only where the schema's defaults were not applied; the default scores level 2
+    scores = (config.get("localisation") or {}).get("graded_hit_scores")
     data = config.get("data") or {}
     custom = data.get("custom") or {}
-    if len(scores) >= 2:
+    if scores is None or len(scores) >= 2:
         return []
     return [
         f"localisation.graded_hit_scores lists {len(scores)} score(s) but "

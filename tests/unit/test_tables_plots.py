@@ -299,7 +299,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _plot_table_uses() -> dict[str, dict[str, str]]:
-    """Rule name -> its figure param and PNG path, for each use of plot_table in plots.smk."""
+    """Rule name -> its figure param and PNG name (``figure_file(name)``), for each use of
+    plot_table in plots.smk."""
     text = (REPO / "workflow" / "rules" / "plots.smk").read_text()
     uses = {}
     for block in re.split(r"^use rule ", text, flags=re.M)[1:]:
@@ -307,7 +308,7 @@ def _plot_table_uses() -> dict[str, dict[str, str]]:
         assert header, f"unexpected use rule: {block.splitlines()[0]}"
         uses[header[1]] = {
             "figure": re.search(r'figure="(\w+)"', block)[1],
-            "png": re.search(r'"(results/plots/[^"]+\.png)"', block)[1],
+            "png": re.search(r'figure_file\("(\w+)"\)', block)[1],
         }
     return uses
 
@@ -317,9 +318,9 @@ def test_every_table_figure_has_one_plot_rule_and_every_rule_a_figure():
     figures = [use["figure"] for use in uses.values()]
     assert sorted(figures) == sorted(plots.FIGURES)  # each registered figure drawn once
     for rule, use in uses.items():
-        # rule plot_<figure> writes results/plots/{dataset}/<figure>.png
+        # rule plot_<figure> writes figure_file("<figure>"): results/plots/{dataset}/<figure>.png
         assert rule == f"plot_{use['figure']}"
-        assert use["png"] == f"results/plots/{{dataset}}/{use['figure']}.png"
+        assert use["png"] == use["figure"]
 
 
 def test_an_unknown_figure_names_the_known_ones():
