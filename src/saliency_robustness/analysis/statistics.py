@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 
 CONFIDENCE = 0.95
 
@@ -279,6 +278,9 @@ def eta_squared(table: pd.DataFrame, response: str, factors: Sequence[str]) -> p
 def per_image_trend(severity: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Spearman correlation of value with severity per image (rows of (n_images, n_levels)
     arrays); 0 where the value does not vary across severities (no trend)."""
+    # lazy: scipy.stats takes 0.5 s to import and most jobs using this module never call it
+    from scipy.stats import rankdata
+
     severity = np.asarray(severity, dtype=float)
     values = np.asarray(values, dtype=float)
     rs = rankdata(severity, axis=1)
