@@ -36,9 +36,9 @@ HEAVY = (
     "cv2",
 )
 FULL_STUDY = REPO / "bench" / "full_study.yaml"
-# The packages the Snakemake process needs (README "Planning needs only the light
-# packages"); their versions come from requirements.txt.
-LIGHT_PACKAGES = ("snakemake", "jsonschema", "numpy", "pandas", "pyyaml", "pillow")
+# The packages the Snakemake process needs (README "With conda"), at the versions of
+# requirements.txt; PyYAML comes with Snakemake.
+LIGHT_PACKAGES = ("snakemake", "jsonschema", "numpy", "pandas", "pillow")
 # Rules whose jobs must not import the heavy stack (table and plot jobs, and data jobs).
 LIGHT_ENVS = ("data.yaml", "metrics.yaml", "plots.yaml")
 
