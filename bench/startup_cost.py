@@ -8,8 +8,8 @@ interpreter runs the script's top-level imports plus ``import snakemake.script``
 Snakemake's preamble loads to unpickle the job's ``snakemake`` object), ``--repeats`` times,
 CHECKOUTs interleaved so that a busy machine slows them alike; the median CPU (user +
 system) seconds are reported, next to a bare ``python -c pass``. With ``--study`` (a config
-file on top of config/config.yaml; default: the default study alone), a dry run counts that
-study's jobs per rule, and the total start-up CPU-seconds of the study are printed per
+file on top of config/config.yaml, repeatable; default: the default study), a dry run counts
+that study's jobs per rule, and the total start-up CPU-seconds of the study are printed per
 checkout: the sum over jobs of their rule's start-up.
 """
 
@@ -85,7 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkouts", nargs="*", type=Path, default=[REPO])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--study", type=Path, default=None)
+    parser.add_argument("--study", type=Path, action="append", default=[])
     args = parser.parse_args()
     scripts = {checkout: rule_scripts(checkout) for checkout in args.checkouts}
     codes = {
@@ -111,13 +111,15 @@ def main() -> None:
             f"{cost[c][rule]:6.2f}" if rule in cost[c] else "     -" for c in args.checkouts
         )
         print(f"{rule:<36} {row}")
-    for checkout in args.checkouts:
-        counts = jobs_per_rule(checkout, args.study)
-        total = sum(cost[checkout].get(rule, 0.0) * n for rule, n in counts.items())
-        print(
-            f"{checkout}: {sum(counts.values())} jobs; start-up {total:.0f} CPU-s in all "
-            f"(rules without a script, e.g. all, count 0)"
-        )
+    for study in args.study or [None]:
+        for checkout in args.checkouts:
+            counts = jobs_per_rule(checkout, study)
+            total = sum(cost[checkout].get(rule, 0.0) * n for rule, n in counts.items())
+            print(
+                f"{checkout}, {study.name if study else 'default study'}: "
+                f"{sum(counts.values())} jobs; start-up {total:.0f} CPU-s in all "
+                "(rules without a script, e.g. all, count 0)"
+            )
 
 
 if __name__ == "__main__":

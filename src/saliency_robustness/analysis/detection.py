@@ -32,7 +32,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedKFold
 
 from saliency_robustness.analysis.saliency_change import CHANGE_SCORE_COLUMNS
 from saliency_robustness.analysis.statistics import (
@@ -168,6 +167,9 @@ def _out_of_fold_probability(
     minority = int(min(positive.sum(), (~positive).sum())) if len(positive) else 0
     if minority < 2:
         return None
+    # lazy: sklearn adds 0.25 s to the summarise job, which uses this module but never fits
+    from sklearn.model_selection import StratifiedKFold
+
     splits = StratifiedKFold(min(n_splits, minority), shuffle=True, random_state=seed)
     probability = np.empty(len(positive))
     # cross_val_predict(make_pipeline(StandardScaler(), LogisticRegression())), written out
